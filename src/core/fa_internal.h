@@ -86,10 +86,14 @@ typedef struct fa_problem {
 } fa_problem;
 
 /* validate.c: the only place that checks arguments. FA_OK or FA_ERR_INVALID_ARGUMENT with a
- * message naming the argument. */
-fa_status fa_validate_fwd(const fa_fwd_args *args, const fa_options *opts, fa_problem *problem);
-fa_status fa_validate_bwd(const fa_bwd_args *args, const fa_options *opts, fa_problem *problem);
-fa_status fa_validate_kvcache(const fa_kvcache_args *args, const fa_options *opts,
+ * message naming the argument. host_data: the tensors live in host memory, so the contents of
+ * index tensors (cu_seqlens, seqused_k, leftpad, block_table, cache_seqlens, cache_batch_idx)
+ * are checked too — after that no index a backend derives from them is out of bounds. */
+fa_status fa_validate_fwd(const fa_fwd_args *args, const fa_options *opts, bool host_data,
+                          fa_problem *problem);
+fa_status fa_validate_bwd(const fa_bwd_args *args, const fa_options *opts, bool host_data,
+                          fa_problem *problem);
+fa_status fa_validate_kvcache(const fa_kvcache_args *args, const fa_options *opts, bool host_data,
                               fa_problem *problem);
 
 /* ---------------------------------------------------------------- backends */
