@@ -1,0 +1,168 @@
+"""What a run leaves behind: provenance, the results table, the JSON file and the PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections import OrderedDict
+
+import torch
+
+from .providers import OURS
+
+
+def _run(cmd: list, cwd=None):
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git() -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=here)
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here)
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def _cpu() -> dict:
+    model, flags = None, set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return {"model": model or platform.processor(), "logical_cores": os.cpu_count(), "isa": isa}
+
+
+def _gpu() -> dict:
+    p = torch.cuda.get_device_properties(0)
+    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return {"name": p.name, "capability": f"{p.major}.{p.minor}",
+            "multiprocessors": p.multi_processor_count, "memory_bytes": p.total_memory,
+            "l2_bytes": getattr(p, "L2_cache_size", None),
+            "driver": driver.splitlines()[0] if driver else None,
+            "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+
+
+def _versions(providers: list) -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("numpy", "triton", "matplotlib", "tqdm"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except ImportError:
+                continue
+        v[mod] = getattr(m, "__version__", None)
+    try:
+        import flash_attn
+        v["flash_attn"] = getattr(flash_attn, "__version__", None)
+        v["flash_attn_plus"] = getattr(flash_attn, "__plus_version__", None)
+    except Exception as e:  # noqa: BLE001
+        v["flash_attn"] = f"import failed: {type(e).__name__}"
+    for p in providers:
+        v[f"provider:{p.name}"] = p.version()
+    return v
+
+
+def provenance(device: str, providers: list, threads: int, argv: list) -> dict:
+    env = {k: os.environ[k] for k in ("FLASHATTN_LIBRARY", "FLASHATTN_NUM_THREADS",
+                                      "FLASH_ATTENTION_BACKEND", "CUDA_VISIBLE_DEVICES")
+           if k in os.environ}
+    return {"device": device, "gpu": _gpu() if device == "cuda" else None, "cpu": _cpu(),
+            "cpu_threads": threads, "host": platform.platform(), "versions": _versions(providers),
+            "git": _git(), "command": ["python", "-m", "flash_attn", "bench"] + list(argv),
+            "env": env}
+
+
+def write_json(doc: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- table
+
+def metric(row: dict):
+    """The number a row is judged by: TFLOPS, or GB/s of K+V for decode; None unless ok."""
+    if row.get("status") != "ok":
+        return None
+    return row["kv_gbps"] if row["op"] == "decode" else row["tflops"]
+
+
+CASE_KEYS = ("op", "dtype", "head_dim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_k",
+             "causal")
+
+
+def by_case(rows: list) -> "OrderedDict":
+    cases = OrderedDict()
+    for r in rows:
+        cases.setdefault(tuple(r[k] for k in CASE_KEYS), {})[r["provider"]] = r
+    return cases
+
+
+def ratio_to_best_peer(per_provider: dict):
+    ours = metric(per_provider.get(OURS, {}))
+    peers = [metric(r) for name, r in per_provider.items() if name != OURS]
+    peers = [p for p in peers if p]
+    return ours / max(peers) if ours and peers else None
+
+
+def _cell(row) -> str:
+    if row is None:
+        return "-"
+    status = row.get("status")
+    if status == "ok":
+        return f"{metric(row):.3g}"
+    return {"wrong": "WRONG", "unsupported": "n/a", "error": "ERR"}.get(status, "?")
+
+
+def table(doc: dict) -> str:
+    """Plain-text table: one line per case, one column per provider, plus ours / best peer."""
+    rows = doc["results"]
+    names = [p["name"] for p in doc["providers"] if p["available"]]
+    head = ["case", "unit"] + names + ["ours/best"]
+    lines = []
+    for key, per in by_case(rows).items():
+        case = dict(zip(CASE_KEYS, key))
+        label = (f"{case['op']} {case['dtype']} d{case['head_dim']} "
+                 + (f"b{case['batch']} h{case['nheads']}/{case['nheads_k']} sk{case['seqlen_k']}"
+                    if case["op"] == "decode" else
+                    f"b{case['batch']} h{case['nheads']} s{case['seqlen_q']}"
+                    + (" causal" if case["causal"] else "")))
+        ratio = ratio_to_best_peer(per)
+        lines.append([label, "GB/s" if case["op"] == "decode" else "TFLOPS"]
+                     + [_cell(per.get(n)) for n in names]
+                     + [f"{ratio:.2f}" if ratio else "-"])
+    widths = [max(len(str(r[i])) for r in [head] + lines) for i in range(len(head))]
+    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
+    out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
+    out += [fmt.format(*r) for r in lines]
+    notes = _notes(doc)
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def _notes(doc: dict) -> list:
+    notes = [f"not run: {p['name']}: {p['reason']}" for p in doc["providers"] if not p["available"]]
+    for r in doc["results"]:
+        if r.get("status") in ("wrong", "error"):
+            errs = r.get("check", {}).get("errors", {})
+            detail = "; ".join(f"{k} err {e['max_abs']:.3g} > tol {e['tol']:.3g}"
+                               for k, e in errs.items() if not e["ok"])
+            notes.append(f"{r['status'].upper()}: {r['provider']} on {r['op']} {r['dtype']} "
+                         f"d{r['head_dim']} s{r['seqlen_q']}/{r['seqlen_k']}"
+                         f"{' causal' if r['causal'] else ''}: {detail or r.get('message', '')}")
+    if doc.get("copy_bandwidth_gbps"):
+        notes.append(f"memory copy bandwidth (read+write): {doc['copy_bandwidth_gbps']:.1f} GB/s")
+    return notes

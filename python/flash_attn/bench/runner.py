@@ -1,0 +1,125 @@
+"""Runs one suite: for each case, check every provider against the reference, then time it."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from . import check, timing
+from .providers import OURS
+
+SCHEMA = "flash_attn.bench/1"
+STATUSES = ("ok", "wrong", "unsupported", "error")
+
+
+class Progress:
+    """tqdm when installed, else one plain line per step on stderr."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.done, self.desc = total, 0, desc
+        try:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True)
+        except ImportError:
+            self.bar = None
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(what, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"[{self.desc} {self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _call(provider, case, x: check.Inputs) -> tuple:
+    """One call of the timed operation: (out,) or (out, dq, dk, dv)."""
+    if case.op == "decode":
+        return (provider.decode(x.q, x.k, x.v),)
+    out = provider.fwd(x.q, x.k, x.v, case.causal)
+    if case.op == "fwd":
+        return (out,)
+    return (out,) + torch.autograd.grad(out, (x.q, x.k, x.v), x.dout)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def run_point(provider, case, sets: list, ref, device: str, budget, copy_bw) -> dict:
+    """Check, then time one (case, provider); the row says what happened."""
+    row = {"provider": provider.name, **case.as_dict(), "status": "ok"}
+    reason = provider.supports(case)
+    if reason is not None:
+        return {**row, "status": "unsupported", "message": reason}
+    try:
+        row["check"] = ref.check(_call(provider, case, sets[0]))
+        if not row["check"]["ok"]:
+            return {**row, "status": "wrong", "message": "output differs from the reference"}
+        times = timing.measure([lambda x=x: _call(provider, case, x) for x in sets], device, budget)
+    except Exception as e:  # noqa: BLE001 - a failing provider is reported, not fatal
+        return {**row, "status": "error", "message": _first_line(e)}
+    t = timing.median(times)
+    row.update(time_ms=t, times_ms=times, reps=len(times), rotated_sets=len(sets),
+               tflops=case.flops() / (t * 1e-3) / 1e12)
+    if case.op == "decode":
+        row["kv_gbps"] = case.kv_bytes() / (t * 1e-3) / 1e9
+        if copy_bw:
+            row["kv_fraction_of_copy_bw"] = case.kv_bytes() / (t * 1e-3) / copy_bw
+    return row
+
+
+def run_cases(cases: list, providers: list, device: str, budget, progress, on_case=None) -> list:
+    """All rows of a suite; on_case(rows) is called after each case (incremental JSON)."""
+    cache = timing.cache_bytes(device)
+    copy_bw = None
+    if any(c.op == "decode" for c in cases):
+        copy_bw = timing.copy_bandwidth(device)
+    rows = []
+    for case in cases:
+        n_sets = timing.rotation_sets(case.io_bytes(), cache)
+        try:
+            sets = [check.make_inputs(case, device, seed=i) for i in range(n_sets)]
+            ref = check.Reference(case, sets[0])
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory for the reference
+            for p in providers:
+                progress.step(f"{case.label}: {p.name}")
+                rows.append({"provider": p.name, **case.as_dict(), "status": "error",
+                             "message": f"inputs/reference: {_first_line(e)}"})
+            continue
+        for p in providers:
+            progress.step(f"{case.label}: {p.name}")
+            rows.append(run_point(p, case, sets, ref, device, budget, copy_bw))
+        del sets, ref
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if on_case is not None:
+            on_case(rows, copy_bw)
+    return rows, copy_bw
+
+
+def method(device: str, budget, threads: int) -> dict:
+    return {
+        "statistic": "median of per-call times after a warm-up",
+        "timer": "CUDA events around each call" if device == "cuda" else
+                 "time.perf_counter around each call",
+        "budget": budget.as_dict(),
+        "input_rotation": "when one input set is smaller than the last-level cache "
+                          f"({timing.cache_bytes(device)} bytes), up to 8 sets covering twice it "
+                          "are used in turn",
+        "flops": "fwd 4*b*h*sq*sk*d, halved when causal; fwd_bwd = 3.5x fwd",
+        "decode_bytes": "K+V bytes read per call: 2*b*sk*h_k*d*sizeof(dtype)",
+        "copy_bandwidth": "torch copy_ of a 256 MiB (GPU: >= 8x L2) buffer, read+write bytes",
+        "check": "batch 0, heads of kv head 0, full seqlens: max|x - ref64| <= 2x (grads 3x) "
+                 "that of a plain same-dtype implementation + floor " + str(check.ATOL),
+        "cpu_threads": threads if device == "cpu" else None,
+        "ours": OURS,
+        "started_unix": time.time(),
+    }
