@@ -1,0 +1,534 @@
+/*
+ * bwd.c — the cpu backward: FlashAttention-2's Algorithm 2 (Dao 2023) in three passes over
+ * the persistent pool.
+ *
+ *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and f32 copies of
+ *             q and dout when they are f16/bf16 (f32 inputs are read in place).
+ *   2. main   (parallel over (kv chunk, sequence, kv head), longest chunks first): a task owns
+ *             the dK/dV of its keys, one kv block at a time, looping over the query heads of the
+ *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
+ *             f32 partial, so no two tasks ever write the same float.
+ *   3. reduce (parallel over token rows): dQ = scale · Σ_chunks partial, in chunk order.
+ * Every float is produced by one task in a fixed order, so the result is bit-reproducible for a
+ * given thread count: deterministic mode costs nothing.
+ *
+ * One tile (q rows i of head h, keys j of its kv head), all in f32:
+ *   S  = Q Kᵀ; s = scale·S → softcap → + ALiBi; P = exp(s − lse), 0 where masked
+ *   dP = dO Vᵀ; with dropout Z = keep / (1 − p) from the forward's Philox stream
+ *   dV += (P∘Z)ᵀ dO;  dS = P ∘ (dP∘Z − Δ) [∘ (1 − tanh²) with softcap]
+ *   dK += dSᵀ Q;      dQ += dS K          (scale applied once, when dK and dQ are stored)
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cpu/cpu.h"
+#include "cpu/bwd.h"
+#include "fa_philox.h"
+
+enum {
+    BWD_BLOCK_M = 64,    /* q rows per tile */
+    BWD_BLOCK_N = 64,    /* keys per kv block; a multiple of 4 (Philox draws 4 keys at once) */
+    BWD_ROWS_PER_TASK = 16, /* prep and reduce */
+    BWD_ALIGN = 64
+};
+/* The dQ partials may grow past one f32 copy of dQ up to this, to give idle threads work. */
+#define BWD_PARTIALS_MAX_BYTES ((size_t)256 << 20)
+
+/* ---------------------------------------------------------------- views */
+/* Element (sequence b, token t, head h) of a tensor lies at data + (b·bs + t·ts + h·hs)·esize.
+ * Batched tensors use b; varlen ones have bs = 0 and t counts from the packed start. */
+typedef struct bwd_view {
+    char *data;
+    int32_t dtype;
+    size_t esize;
+    int64_t bs, ts, hs;
+} bwd_view;
+
+/* (b, s, h, d) or varlen (total, h, d) */
+static bwd_view view_tokens(const fa_tensor *t, bool varlen) {
+    bwd_view v = {(char *)t->data, t->dtype, fa_dtype_size(t->dtype), 0, 0, 0};
+    v.bs = varlen ? 0 : t->stride[0];
+    v.ts = varlen ? t->stride[0] : t->stride[1];
+    v.hs = varlen ? t->stride[1] : t->stride[2];
+    return v;
+}
+
+/* softmax_lse / softmax_d: (b, h, s) or varlen (h, total) */
+static bwd_view view_lse(const fa_tensor *t, bool varlen) {
+    bwd_view v = {(char *)t->data, t->dtype, sizeof(float), 0, 0, 0};
+    v.bs = varlen ? 0 : t->stride[0];
+    v.hs = varlen ? t->stride[0] : t->stride[1];
+    v.ts = varlen ? t->stride[1] : t->stride[2];
+    return v;
+}
+
+/* A contiguous f32 buffer laid out like q: (rows, nheads, d). */
+static bwd_view view_f32(float *data, int64_t seqlen, int64_t nheads, int64_t d, bool varlen) {
+    bwd_view v = {(char *)data, FA_DTYPE_F32, sizeof(float), 0, nheads * d, d};
+    v.bs = varlen ? 0 : seqlen * nheads * d;
+    return v;
+}
+
+static inline void *view_at(const bwd_view *v, int64_t b, int64_t t, int64_t h) {
+    return v->data + (b * v->bs + t * v->ts + h * v->hs) * (int64_t)v->esize;
+}
+
+static inline float *view_f(const bwd_view *v, int64_t b, int64_t t, int64_t h) {
+    return (float *)view_at(v, b, t, h);
+}
+
+/* ---------------------------------------------------------------- plan */
+typedef struct bwd_layout {
+    int64_t rows;   /* token rows of q: b·s_q, or varlen total_q */
+    int64_t chunks; /* kv chunks per (sequence, kv head) = dQ partials */
+    size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
+} bwd_layout;
+
+typedef struct bwd_plan {
+    const fa_problem *p;
+    const fa_bwd_args *a;
+    const fa_bwd_kernels *kern;
+    bwd_layout L;
+    bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
+    bwd_view q32, do32; /* the f32 tile operands: the inputs when f32, else copies */
+    bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
+    int64_t part_chunk;
+    char *scratch;      /* L.scratch_bytes per thread */
+    int64_t group;      /* query heads per kv head */
+    uint32_t drop_threshold;
+    float drop_scale;   /* 1 / (1 - p) */
+} bwd_plan;
+
+typedef struct bwd_seq {
+    int64_t b, q0, k0, sq, sk; /* index, first packed rows (0 when batched), lengths */
+} bwd_seq;
+
+static int32_t read_i32(const fa_tensor *t, int64_t i) {
+    return ((const int32_t *)t->data)[i * t->stride[0]];
+}
+
+static bwd_seq seq_of(const bwd_plan *pl, int64_t b) {
+    bwd_seq s = {b, 0, 0, pl->p->max_seqlen_q, pl->p->max_seqlen_k};
+    if (pl->p->varlen) {
+        s.q0 = read_i32(&pl->a->cu_seqlens_q, b);
+        s.k0 = read_i32(&pl->a->cu_seqlens_k, b);
+        s.sq = read_i32(&pl->a->cu_seqlens_q, b + 1) - s.q0;
+        s.sk = read_i32(&pl->a->cu_seqlens_k, b + 1) - s.k0;
+    }
+    return s;
+}
+
+static size_t align_up(size_t n) { return (n + BWD_ALIGN - 1) / BWD_ALIGN * BWD_ALIGN; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Per-thread scratch, in floats, in the order bwd_scratch_of hands it out. */
+static size_t scratch_floats(const fa_problem *p) {
+    size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, d = (size_t)p->d, dv = (size_t)p->d_v;
+    size_t row = d > dv ? d : dv;
+    return align_up(bn * d * 4) / 4 * 3     /* k, kt, dk */
+           + align_up(bn * dv * 4) / 4 * 2  /* vt, dv */
+           + align_up(bm * bn * 4) / 4 * 3  /* s, dp, tc */
+           + align_up(bn * 4) / 4           /* z */
+           + align_up(row * 4) / 4;         /* row */
+}
+
+static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads, bwd_layout *L) {
+    L->rows = p->varlen ? a->q.shape[0] : p->batch * p->max_seqlen_q;
+    size_t dq_bytes = (size_t)L->rows * (size_t)p->nheads * (size_t)p->d * sizeof(float);
+    /* Enough (sequence, kv head, chunk) tasks to balance the pool, within the memory cap. */
+    int64_t owners = p->batch * p->nheads_k;
+    int64_t want = threads > 1 ? ceil_div(4 * (int64_t)threads, owners) : 1;
+    int64_t kv_blocks = ceil_div(p->max_seqlen_k, BWD_BLOCK_N);
+    int64_t chunks = want < kv_blocks ? want : kv_blocks;
+    size_t cap = dq_bytes > BWD_PARTIALS_MAX_BYTES ? dq_bytes : BWD_PARTIALS_MAX_BYTES;
+    if (dq_bytes > 0 && (size_t)chunks > cap / dq_bytes) chunks = (int64_t)(cap / dq_bytes);
+    L->chunks = chunks > 1 ? chunks : 1;
+    L->part_bytes = align_up(dq_bytes * (size_t)L->chunks);
+    L->copy_bytes = 0;
+    if (p->dtype != FA_DTYPE_F32)
+        L->copy_bytes = align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d * 4) +
+                        align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d_v * 4);
+    L->scratch_bytes = scratch_floats(p) * sizeof(float);
+    L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
+}
+
+static const fa_bwd_kernels *bwd_kernels_for(fa_cpu_isa isa) {
+#if defined(FA_HAVE_X86)
+    if (isa == FA_ISA_AVX512 || isa == FA_ISA_AVX512_BF16) return &fa_bwd_kernels_avx512;
+    if (isa == FA_ISA_AVX2) return &fa_bwd_kernels_avx2;
+#endif
+    (void)isa;
+    return &fa_bwd_kernels_scalar;
+}
+
+/* ---------------------------------------------------------------- scratch */
+typedef struct bwd_scratch {
+    float *k;      /* (bn, d)   the kv block's keys */
+    float *kt;     /* (d, bn)   keys transposed, B operand of S = Q Kᵀ */
+    float *dk;     /* (bn, d)   accumulators of the block */
+    float *vt;     /* (dv, bn)  values transposed, B operand of dP = dO Vᵀ */
+    float *dv;     /* (bn, dv) */
+    float *s;      /* (bm, bn)  S, then P∘Z */
+    float *dp;     /* (bm, bn)  dP, then dS */
+    float *tc;     /* (bm, bn)  softcap: 1 - tanh² */
+    float *z;      /* (bn)      dropout keep / (1 - p) of one row */
+    float *row;    /* (max(d, dv)) */
+} bwd_scratch;
+
+static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
+    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N;
+    const size_t d = (size_t)pl->p->d, dv = (size_t)pl->p->d_v, row = d > dv ? d : dv;
+    char *at = pl->scratch + pl->L.scratch_bytes * (size_t)thread;
+    bwd_scratch sc;
+    float **slots[] = {&sc.k, &sc.kt, &sc.dk, &sc.vt, &sc.dv, &sc.s, &sc.dp, &sc.tc, &sc.z, &sc.row};
+    const size_t sizes[] = {bn * d, d * bn, bn * d, dv * bn, bn * dv, bm * bn, bm * bn, bm * bn, bn, row};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
+        *slots[i] = (float *)at;
+        at += align_up(sizes[i] * sizeof(float));
+    }
+    return sc;
+}
+
+/* ---------------------------------------------------------------- pass 1: prep */
+/* Token row r of q's layout as (view sequence index, token). */
+static void row_coords(const bwd_plan *pl, int64_t r, int64_t *b, int64_t *t) {
+    bool varlen = pl->p->varlen;
+    *b = varlen ? 0 : r / pl->p->max_seqlen_q;
+    *t = varlen ? r : r % pl->p->max_seqlen_q;
+}
+
+/* Varlen rows outside [cu_seqlens[0], cu_seqlens[batch]) belong to no sequence. */
+static bool row_in_sequences(const bwd_plan *pl, const fa_tensor *cu, int64_t t) {
+    return !pl->p->varlen || (t >= read_i32(cu, 0) && t < read_i32(cu, pl->p->batch));
+}
+
+static void bwd_prep_task(void *arg, int64_t task, int thread) {
+    const bwd_plan *pl = arg;
+    const fa_problem *p = pl->p;
+    bool convert = p->dtype != FA_DTYPE_F32;
+    float *o = bwd_scratch_of(pl, thread).row;
+    int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
+                                                              : pl->L.rows;
+    for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
+        int64_t b, t;
+        row_coords(pl, r, &b, &t);
+        bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
+        for (int64_t h = 0; h < p->nheads; ++h) {
+            float *dout = view_f(&pl->do32, b, t, h);
+            if (convert) {
+                fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
+                fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h),
+                                p->d);
+            }
+            fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
+            float delta = 0.0f;
+            for (int64_t c = 0; c < p->d_v; ++c) delta += dout[c] * o[c];
+            *view_f(&pl->dsum, b, t, h) = live ? delta : 0.0f;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- pass 2: one tile */
+/* Keys visible from query row i: [lo, hi), before clipping to a block. */
+static void visible_keys(const fa_problem *p, const bwd_seq *s, int64_t i, int64_t *lo,
+                         int64_t *hi) {
+    int64_t diag = i + s->sk - s->sq;
+    *lo = p->window_left >= 0 ? diag - p->window_left : 0;
+    *hi = p->window_right >= 0 ? diag + p->window_right + 1 : s->sk;
+    if (*lo < 0) *lo = 0;
+    if (*hi > s->sk) *hi = s->sk;
+}
+
+/* Query rows that see at least one key of [j0, j1): [lo, hi). */
+static void visible_queries(const fa_problem *p, const bwd_seq *s, int64_t j0, int64_t j1,
+                            int64_t *lo, int64_t *hi) {
+    int64_t shift = s->sk - s->sq;
+    *lo = p->window_right >= 0 ? j0 - shift - p->window_right : 0;
+    *hi = p->window_left >= 0 ? j1 - shift + p->window_left : s->sq;
+    if (*lo < 0) *lo = 0;
+    if (*hi > s->sq) *hi = s->sq;
+}
+
+static float alibi_slope(const bwd_plan *pl, int64_t b, int64_t h) {
+    const fa_tensor *t = &pl->a->alibi_slopes;
+    const float *s = t->data;
+    if (pl->p->alibi == FA_ALIBI_PER_BATCH) return s[b * t->stride[0] + h * t->stride[1]];
+    return s[h * t->stride[0]];
+}
+
+/* s[0, n) holds scale·q·k for keys j0 + [0, n) of row i: turn it into the final score
+ * (softcap, then ALiBi), keeping 1 - tanh² in tc for the chain rule. */
+static void score_transform(const bwd_plan *pl, const bwd_seq *seq, float slope, int64_t i,
+                            int64_t j0, float *s, float *tc, int64_t n) {
+    const fa_problem *p = pl->p;
+    if (p->softcap > 0.0f) {
+        for (int64_t j = 0; j < n; ++j) {
+            float t = tanhf(s[j] / p->softcap);
+            s[j] = p->softcap * t;
+            tc[j] = 1.0f - t * t;
+        }
+    }
+    if (p->alibi != FA_ALIBI_NONE) {
+        int64_t diag = i + seq->sk - seq->sq;
+        for (int64_t j = 0; j < n; ++j) {
+            int64_t key = j0 + j;
+            float dist = (float)(diag > key ? diag - key : key - diag);
+            s[j] += p->is_causal ? slope * (float)key : -slope * dist;
+        }
+    }
+}
+
+/* z[0, n) = keep / (1 - p) for keys j0 + [0, n) of row i of head h (fa_philox.h). */
+static void dropout_row(const bwd_plan *pl, const bwd_seq *seq, int64_t h, int64_t i, int64_t j0,
+                        float *z, int64_t n) {
+    const fa_options *o = &pl->p->opts;
+    uint32_t bh = (uint32_t)(seq->b * pl->p->nheads + h);
+    for (int64_t j = j0 & ~(int64_t)3; j < j0 + n; j += 4) {
+        fa_philox_u32x4 w = fa_dropout_words(o->rng_seed, o->rng_offset, bh, (uint32_t)i,
+                                             (uint32_t)(j / 4));
+        for (int64_t l = 0; l < 4; ++l) {
+            if (j + l >= j0 && j + l < j0 + n)
+                z[j + l - j0] = w.x[l] >= pl->drop_threshold ? pl->drop_scale : 0.0f;
+        }
+    }
+}
+
+/* One query row of a tile: s (scores in, P∘Z out) and dp (dP in, dS out) over nj keys from j0. */
+static void tile_row(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq, int64_t h,
+                     float slope, int64_t i, int64_t j0, int64_t nj, float *s, float *dp,
+                     float *tc) {
+    const fa_problem *p = pl->p;
+    int64_t lo, hi;
+    visible_keys(p, seq, i, &lo, &hi);
+    lo = (lo > j0 ? lo : j0) - j0;
+    hi = (hi < j0 + nj ? hi : j0 + nj) - j0;
+    float lse = *view_f(&pl->lse, seq->b, seq->q0 + i, h);
+    if (hi <= lo || lse == INFINITY) lo = hi = 0; /* no visible key: the row adds nothing */
+    memset(s, 0, (size_t)lo * sizeof(float));
+    memset(dp, 0, (size_t)lo * sizeof(float));
+    memset(s + hi, 0, (size_t)(nj - hi) * sizeof(float));
+    memset(dp + hi, 0, (size_t)(nj - hi) * sizeof(float));
+    int64_t n = hi - lo;
+    if (n == 0) return;
+    float *pr = s + lo, *dpr = dp + lo, *tcr = tc + lo;
+    if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE) {
+        for (int64_t j = 0; j < n; ++j) pr[j] *= p->scale;
+        score_transform(pl, seq, slope, i, j0 + lo, pr, tcr, n);
+        pl->kern->exp_affine(pr, n, 1.0f, lse);
+    } else {
+        pl->kern->exp_affine(pr, n, p->scale, lse);
+    }
+    float delta = *view_f(&pl->dsum, seq->b, seq->q0 + i, h);
+    if (p->dropout_p > 0.0f) {
+        float *z = sc->z;
+        dropout_row(pl, seq, h, i, j0 + lo, z, n);
+        for (int64_t j = 0; j < n; ++j) {
+            dpr[j] = pr[j] * (dpr[j] * z[j] - delta);
+            pr[j] *= z[j];
+        }
+    } else {
+        for (int64_t j = 0; j < n; ++j) dpr[j] = pr[j] * (dpr[j] - delta);
+    }
+    if (p->softcap > 0.0f)
+        for (int64_t j = 0; j < n; ++j) dpr[j] *= tcr[j];
+}
+
+/* q rows [i0, i0 + mi) of head h against the kv block [j0, j0 + nj) held in sc. */
+static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq, int64_t c,
+                     int64_t h, int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+    const fa_bwd_kernels *kern = pl->kern;
+    const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
+    const float *q = view_f(&pl->q32, seq->b, seq->q0 + i0, h);          /* (mi, d) */
+    const float *dout = view_f(&pl->do32, seq->b, seq->q0 + i0, h);      /* (mi, dv) */
+    float *dq = view_f(&pl->part, seq->b, seq->q0 + i0, h) + c * pl->part_chunk; /* (mi, d) */
+    const int64_t q_ld = pl->q32.ts, do_ld = pl->do32.ts, dq_ld = pl->part.ts;
+    float slope = pl->p->alibi != FA_ALIBI_NONE ? alibi_slope(pl, seq->b, h) : 0.0f;
+
+    kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
+    kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
+    for (int64_t r = 0; r < mi; ++r)
+        tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
+                 sc->tc + r * bn);
+    kern->gemm(nj, dv, mi, sc->s, 1, bn, dout, do_ld, sc->dv, dv, true); /* dV += (P∘Z)ᵀ dO */
+    kern->gemm(nj, d, mi, sc->dp, 1, bn, q, q_ld, sc->dk, d, true);     /* dK += dSᵀ Q */
+    kern->gemm(mi, d, nj, sc->dp, bn, 1, sc->k, d, dq, dq_ld, true);    /* dQ += dS K */
+}
+
+/* ---------------------------------------------------------------- pass 2: one kv block */
+/* Keys [j0, j0 + nj) of kv head kvh into k (nj, d), kt (d, bn), vt (dv, bn). */
+static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
+                          int64_t kvh, int64_t j0, int64_t nj) {
+    const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
+    for (int64_t j = 0; j < nj; ++j) {
+        float *k = sc->k + j * d;
+        fa_load_row_f32(pl->p->dtype, view_at(&pl->k, seq->b, seq->k0 + j0 + j, kvh), k, d);
+        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[c];
+        fa_load_row_f32(pl->p->dtype, view_at(&pl->v, seq->b, seq->k0 + j0 + j, kvh), sc->row,
+                        dv);
+        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = sc->row[c];
+    }
+}
+
+static void store_kv_grads(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
+                           int64_t kvh, int64_t j0, int64_t nj) {
+    const int64_t d = pl->p->d, dv = pl->p->d_v;
+    for (int64_t j = 0; j < nj; ++j) {
+        float *dk = sc->dk + j * d;
+        for (int64_t c = 0; c < d; ++c) dk[c] *= pl->p->scale;
+        fa_store_row_f32(pl->p->dtype, dk, view_at(&pl->dk, seq->b, seq->k0 + j0 + j, kvh), d);
+        fa_store_row_f32(pl->p->dtype, sc->dv + j * dv,
+                         view_at(&pl->dv, seq->b, seq->k0 + j0 + j, kvh), dv);
+    }
+}
+
+static void bwd_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
+                         int64_t c, int64_t kvh, int64_t j0) {
+    const fa_problem *p = pl->p;
+    int64_t nj = seq->sk - j0 < BWD_BLOCK_N ? seq->sk - j0 : BWD_BLOCK_N;
+    load_kv_block(pl, sc, seq, kvh, j0, nj);
+    memset(sc->dk, 0, (size_t)(nj * p->d) * sizeof(float));
+    memset(sc->dv, 0, (size_t)(nj * p->d_v) * sizeof(float));
+    int64_t i_lo, i_hi;
+    visible_queries(p, seq, j0, j0 + nj, &i_lo, &i_hi);
+    for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
+        for (int64_t i0 = i_lo; i0 < i_hi; i0 += BWD_BLOCK_M) {
+            int64_t mi = i_hi - i0 < BWD_BLOCK_M ? i_hi - i0 : BWD_BLOCK_M;
+            bwd_tile(pl, sc, seq, c, h, i0, mi, j0, nj);
+        }
+    store_kv_grads(pl, sc, seq, kvh, j0, nj);
+}
+
+/* Task = (chunk c, sequence b, kv head): chunk-major, so with causal masks (where the first
+ * keys are seen by the most queries) the longest tasks are handed out first. */
+static void bwd_main_task(void *arg, int64_t task, int thread) {
+    const bwd_plan *pl = arg;
+    const fa_problem *p = pl->p;
+    int64_t owners = p->batch * p->nheads_k;
+    int64_t c = task / owners, b = task % owners / p->nheads_k, kvh = task % p->nheads_k;
+    bwd_seq seq = seq_of(pl, b);
+    bwd_scratch sc = bwd_scratch_of(pl, thread);
+    /* This chunk's partial for the group's heads starts at zero (heads are adjacent in it). */
+    for (int64_t i = 0; i < seq.sq; ++i)
+        memset(view_f(&pl->part, b, seq.q0 + i, kvh * pl->group) + c * pl->part_chunk, 0,
+               (size_t)(pl->group * p->d) * sizeof(float));
+    int64_t blocks = ceil_div(seq.sk, BWD_BLOCK_N), chunks = pl->L.chunks;
+    for (int64_t blk = c * blocks / chunks; blk < (c + 1) * blocks / chunks; ++blk)
+        bwd_kv_block(pl, &sc, &seq, c, kvh, blk * BWD_BLOCK_N);
+}
+
+/* ---------------------------------------------------------------- pass 3: reduce dQ */
+static void bwd_reduce_task(void *arg, int64_t task, int thread) {
+    const bwd_plan *pl = arg;
+    const fa_problem *p = pl->p;
+    float *acc = bwd_scratch_of(pl, thread).row;
+    int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
+                                                              : pl->L.rows;
+    for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
+        int64_t b, t;
+        row_coords(pl, r, &b, &t);
+        bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
+        for (int64_t h = 0; h < p->nheads; ++h) {
+            memset(acc, 0, (size_t)p->d * sizeof(float));
+            for (int64_t c = 0; live && c < pl->L.chunks; ++c) {
+                const float *part = view_f(&pl->part, b, t, h) + c * pl->part_chunk;
+                for (int64_t e = 0; e < p->d; ++e) acc[e] += part[e];
+            }
+            for (int64_t e = 0; e < p->d; ++e) acc[e] *= p->scale;
+            fa_store_row_f32(p->dtype, acc, view_at(&pl->dq, b, t, h), p->d);
+        }
+    }
+}
+
+/* Varlen key rows outside every sequence get zero gradients rather than garbage. */
+static void zero_kv_padding(const bwd_plan *pl) {
+    const fa_problem *p = pl->p;
+    if (!p->varlen) return;
+    int64_t used0 = read_i32(&pl->a->cu_seqlens_k, 0), used1 = read_i32(&pl->a->cu_seqlens_k, p->batch);
+    for (int64_t t = 0; t < pl->a->k.shape[0]; ++t) {
+        if (t >= used0 && t < used1) continue;
+        for (int64_t h = 0; h < p->nheads_k; ++h) {
+            memset(view_at(&pl->dk, 0, t, h), 0, (size_t)p->d * pl->dk.esize);
+            memset(view_at(&pl->dv, 0, t, h), 0, (size_t)p->d_v * pl->dv.esize);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- entry points */
+fa_status fa_cpu_bwd_workspace(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
+                               size_t *bytes) {
+    bwd_layout L;
+    bwd_layout_of(p, a, fa_pool_size(fa_cpu_state_of(ctx)->pool), &L);
+    *bytes = L.total_bytes;
+    return FA_OK;
+}
+
+static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
+                          const fa_bwd_args *a, void *ws) {
+    bool varlen = p->varlen;
+    memset(pl, 0, sizeof *pl);
+    pl->p = p;
+    pl->a = a;
+    pl->kern = bwd_kernels_for(fa_cpu_state_of(ctx)->isa);
+    bwd_layout_of(p, a, fa_pool_size(fa_cpu_state_of(ctx)->pool), &pl->L);
+    pl->q = view_tokens(&a->q, varlen);
+    pl->k = view_tokens(&a->k, varlen);
+    pl->v = view_tokens(&a->v, varlen);
+    pl->out = view_tokens(&a->out, varlen);
+    pl->dout = view_tokens(&a->dout, varlen);
+    pl->dq = view_tokens(&a->dq, varlen);
+    pl->dk = view_tokens(&a->dk, varlen);
+    pl->dv = view_tokens(&a->dv, varlen);
+    pl->lse = view_lse(&a->softmax_lse, varlen);
+    pl->dsum = view_lse(&a->softmax_d, varlen);
+    pl->group = p->nheads / p->nheads_k;
+
+    char *at = (char *)align_up((size_t)ws);
+    int64_t seqlen = p->max_seqlen_q;
+    pl->part = view_f32((float *)at, seqlen, p->nheads, p->d, varlen);
+    pl->part_chunk = pl->L.rows * p->nheads * p->d;
+    at += pl->L.part_bytes;
+    pl->q32 = pl->q;
+    pl->do32 = pl->dout;
+    if (p->dtype != FA_DTYPE_F32) {
+        pl->q32 = view_f32((float *)at, seqlen, p->nheads, p->d, varlen);
+        at += align_up((size_t)(pl->L.rows * p->nheads * p->d) * sizeof(float));
+        pl->do32 = view_f32((float *)at, seqlen, p->nheads, p->d_v, varlen);
+        at += align_up((size_t)(pl->L.rows * p->nheads * p->d_v) * sizeof(float));
+    }
+    pl->scratch = at;
+    if (p->dropout_p > 0.0f) {
+        pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
+        pl->drop_scale = 1.0f / (1.0f - p->dropout_p);
+    }
+}
+
+fa_status fa_cpu_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a, void *ws,
+                     size_t ws_bytes) {
+    bwd_plan pl;
+    bwd_plan_init(&pl, ctx, p, a, ws);
+    FA_RETURN_IF(ws_bytes < pl.L.total_bytes, FA_ERR_WORKSPACE_TOO_SMALL,
+                 "cpu backward needs %zu workspace bytes (got %zu)", pl.L.total_bytes, ws_bytes);
+    fa_pool *pool = fa_cpu_state_of(ctx)->pool;
+    int64_t row_tasks = ceil_div(pl.L.rows, BWD_ROWS_PER_TASK);
+    zero_kv_padding(&pl);
+    fa_pool_run(pool, row_tasks, bwd_prep_task, &pl);
+    fa_pool_run(pool, pl.L.chunks * p->batch * p->nheads_k, bwd_main_task, &pl);
+    fa_pool_run(pool, row_tasks, bwd_reduce_task, &pl);
+    return FA_OK;
+}
+
+/* ---------------------------------------------------------------- portable kernels */
+static void gemm_scalar(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
+                        int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc,
+                        bool accumulate) {
+    for (int64_t m = 0; m < M; ++m) {
+        float *c = C + m * ldc;
+        if (!accumulate) memset(c, 0, (size_t)N * sizeof(float));
+        for (int64_t k = 0; k < K; ++k) {
+            const float a = A[m * a_rs + k * a_cs], *b = B + k * ldb;
+            for (int64_t n = 0; n < N; ++n) c[n] += a * b[n];
+        }
+    }
+}
+
+const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop};
