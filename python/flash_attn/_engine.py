@@ -1,0 +1,288 @@
+"""Torch-facing engine: picks the backend for a device, keeps one context per (backend, device),
+allocates outputs and workspace with torch, draws the dropout RNG and calls _lib.
+
+Backend choice: a CPU tensor runs on the cpu backend, a CUDA tensor on the cuda backend.
+FLASH_ATTENTION_BACKEND=cpu|cuda forces one; tensors on another device then raise instead of
+silently running elsewhere. There is no fallback between backends.
+
+Dropout RNG: every forward with dropout takes a fresh (seed, offset) from torch's default
+generator of the device, so torch.manual_seed makes it reproducible. rng_state is an int64 CPU
+tensor [seed, offset] (a CPU tensor even for CUDA inputs, so the backward reads it without a
+device sync); the backward hands the same pair to the library, which regenerates the mask.
+"""
+
+import os
+import threading
+
+import torch
+
+from . import _lib
+
+_DEVICE_BACKENDS = {"cpu": _lib.BACKEND_CPU, "cuda": _lib.BACKEND_CUDA}
+
+_contexts = {}
+_contexts_lock = threading.Lock()
+
+
+def round_up(x, m):
+    return (x + m - 1) // m * m
+
+
+def backend_for(device):
+    """The fa_backend id for tensors on device (honours FLASH_ATTENTION_BACKEND)."""
+    forced = os.environ.get("FLASH_ATTENTION_BACKEND", "").strip().lower()
+    backend = _DEVICE_BACKENDS.get(device.type)
+    if forced and forced != "auto":
+        if forced not in _DEVICE_BACKENDS:
+            raise _lib.InvalidArgumentError(
+                f"flash_attn: FLASH_ATTENTION_BACKEND={forced!r} is not one of auto, cpu, cuda")
+        if _DEVICE_BACKENDS[forced] != backend:
+            raise _lib.InvalidArgumentError(
+                f"flash_attn: FLASH_ATTENTION_BACKEND={forced} forces the {forced} backend, but the "
+                f"tensors are on {device}; move them to a {forced} device or unset the variable")
+        return backend
+    if backend is None:
+        raise _lib.UnsupportedError(
+            f"flash_attn: tensors on {device} are not supported; use cpu or cuda tensors")
+    return backend
+
+
+def context(device):
+    """The cached context for device, created and checked on first use."""
+    backend = backend_for(device)
+    index = device.index if device.type == "cuda" and device.index is not None else 0
+    if device.type == "cuda" and device.index is None:
+        index = torch.cuda.current_device()
+    key = (backend, index)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        with _contexts_lock:
+            ctx = _contexts.get(key)
+            if ctx is None:
+                available, why = _lib.backend_available(backend)
+                if not available:
+                    name = _lib.backend_name(backend)
+                    raise _lib.BackendUnavailableError(
+                        f"flash_attn: the {name} backend is not available for tensors on {device}: {why}")
+                ctx = _lib.Context(backend, index)
+                _contexts[key] = ctx
+    return ctx
+
+
+def close_contexts():
+    with _contexts_lock:
+        for ctx in _contexts.values():
+            ctx.close()
+        _contexts.clear()
+
+
+def cpu_num_threads():
+    """FLASHATTN_NUM_THREADS, else torch's intra-op thread count (a fair comparison with torch)."""
+    env = os.environ.get("FLASHATTN_NUM_THREADS")
+    return int(env) if env else torch.get_num_threads()
+
+
+def _before_call(device):
+    if device.type == "cuda":
+        stream = torch.cuda.current_stream(device).cuda_stream
+        return lambda ctx: ctx.set_stream(stream)
+    threads = cpu_num_threads()
+    return lambda ctx: ctx.set_num_threads(threads)
+
+
+def _run(op, device, tensors, scalars, opts):
+    ctx = context(device)
+    alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
+    ctx.run(op, tensors, scalars, opts, alloc, before=_before_call(device))
+
+
+def check_tensors(device, **tensors):
+    """Every given tensor must be a torch.Tensor on device (the library cannot tell devices apart)."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
+        if t.device != device:
+            raise _lib.InvalidArgumentError(
+                f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device")
+        if t.layout != torch.strided:
+            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
+
+
+def expect_ndim(name, t, ndim, layout):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
+    if t.dim() != ndim:
+        raise _lib.InvalidArgumentError(
+            f"flash_attn: {name} must be {ndim}-D {layout} (got shape {tuple(t.shape)})")
+
+
+def _as_int(name, value):
+    """max_seqlen etc.: Python int, or a 0-d / one-element integer tensor (transformers passes those)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_floating_point():
+            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be an int (got a tensor {tuple(value.shape)})")
+        return int(value.item())
+    return int(value)
+
+
+# ---------------------------------------------------------------- dropout RNG
+
+def draw_rng_state(device, dropout_p, batch, nheads, generator=None):
+    """int64 CPU tensor [seed, offset] for a forward with dropout; zeros when dropout is off.
+    generator: None = torch's default generator of device."""
+    if dropout_p <= 0.0:
+        return torch.zeros(2, dtype=torch.int64)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"flash_attn: gen must be a torch.Generator or None (got {type(generator).__name__})")
+    if device.type != "cuda":
+        gen = generator if generator is not None else torch.default_generator
+        return torch.empty(2, dtype=torch.int64).random_(generator=gen)
+    if torch.cuda.is_current_stream_capturing():
+        raise _lib.UnsupportedError("flash_attn: dropout inside CUDA graph capture is not supported yet")
+    gen = generator
+    if gen is None:
+        gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    seed, offset = gen.initial_seed(), gen.get_offset()
+    gen.set_offset(offset + round_up(max(batch * nheads, 1), 4))  # reserve, like upstream's philox offset
+    to_i64 = lambda x: x - (1 << 64) if x >= (1 << 63) else x  # noqa: E731
+    return torch.tensor([to_i64(seed), to_i64(offset)], dtype=torch.int64)
+
+
+def _rng_opts(rng_state, dropout_p):
+    if dropout_p <= 0.0 or rng_state is None:
+        return 0, 0
+    if rng_state.numel() != 2 or rng_state.dtype != torch.int64:
+        raise _lib.InvalidArgumentError(
+            f"flash_attn: rng_state must be an int64 tensor [seed, offset] (got {rng_state.dtype} {tuple(rng_state.shape)})")
+    seed, offset = rng_state.tolist()
+    return seed, offset
+
+
+# ---------------------------------------------------------------- operations
+
+def _resolve_scale(softmax_scale, q):
+    return q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
+
+
+def fwd(q, k, v, *, out=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None, leftpad_k=None,
+        block_table=None, alibi_slopes=None, max_seqlen_q=0, max_seqlen_k=0, dropout_p=0.0,
+        softmax_scale=None, causal=False, window_left=-1, window_right=-1, softcap=0.0,
+        return_softmax=False, rng_state=None):
+    """Batched or varlen forward -> (out, softmax_lse, S_dmask, rng_state).
+
+    Batched: q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v); lse (b, h, s_q).
+    Varlen:  q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged; lse (h, total_q).
+    S_dmask: (b, h, round128(s_q), round128(s_k)) in q's dtype when return_softmax, else (0,):
+             normalised probabilities, negated where dropout dropped them.
+    """
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    expect_ndim("q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)")
+    expect_ndim("v", v, 3 if varlen and block_table is None else 4, "like k")
+    expect_ndim("k", k, v.dim(), "like v")
+    device = q.device
+    check_tensors(device, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                  seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
+                  alibi_slopes=alibi_slopes)
+    if varlen:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
+        batch = cu_seqlens_q.numel() - 1
+        max_seqlen_q = _as_int("max_seqlen_q", max_seqlen_q)
+        max_seqlen_k = _as_int("max_seqlen_k", max_seqlen_k)
+        total_q, nheads = q.shape[0], q.shape[1]
+        lse_shape, s_q, s_k = (nheads, total_q), max_seqlen_q, max_seqlen_k
+    else:
+        batch, s_q, nheads = q.shape[0], q.shape[1], q.shape[2]
+        s_k = k.shape[1]
+        lse_shape = (batch, nheads, s_q)
+    if out is None:
+        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=device)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=device)
+    if return_softmax:
+        s_dmask = torch.empty((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)),
+                              dtype=q.dtype, device=device)
+    else:
+        s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
+    if rng_state is None:
+        rng_state = draw_rng_state(device, dropout_p, batch, nheads)
+    seed, offset = _rng_opts(rng_state, dropout_p)
+    opts = _lib.make_options(
+        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
+        window_right=window_right, softcap=softcap, dropout_p=dropout_p, rng_seed=seed, rng_offset=offset)
+    tensors = dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                   seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
+                   alibi_slopes=alibi_slopes, out=out, softmax_lse=lse,
+                   attn_probs=s_dmask if return_softmax else None)
+    scalars = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k) if varlen else {}
+    _run("fwd", device, tensors, scalars, opts)
+    return out, lse, s_dmask, rng_state
+
+
+def softmax_d_shape(q, cu_seqlens_q=None):
+    """Upstream's softmax_d shapes: batched (b, h, round128(s_q)), varlen (h, total_q + 128 * b)."""
+    if cu_seqlens_q is not None:
+        return (q.shape[1], q.shape[0] + 128 * (cu_seqlens_q.numel() - 1))
+    return (q.shape[0], q.shape[2], round_up(q.shape[1], 128))
+
+
+def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, *, cu_seqlens_q=None, cu_seqlens_k=None,
+        alibi_slopes=None, max_seqlen_q=0, max_seqlen_k=0, dropout_p=0.0, softmax_scale=None,
+        causal=False, window_left=-1, window_right=-1, softcap=0.0, deterministic=False,
+        rng_state=None):
+    """Writes dq, dk, dv in place (any strides, last one 1) and returns softmax_d in upstream's
+    rounded shape (the library fills the leading part, the padding is zero)."""
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    expect_ndim("q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)")
+    device = q.device
+    check_tensors(device, dout=dout, k=k, v=v, out=out, softmax_lse=softmax_lse, dq=dq, dk=dk, dv=dv,
+                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes)
+    for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
+        if t is None:
+            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
+    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
+        raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
+    softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
+    d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
+    seed, offset = _rng_opts(rng_state, dropout_p)
+    opts = _lib.make_options(
+        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
+        window_right=window_right, softcap=softcap, dropout_p=dropout_p, rng_seed=seed,
+        rng_offset=offset, deterministic=deterministic)
+    tensors = dict(dout=dout, q=q, k=k, v=v, out=out, softmax_lse=softmax_lse,
+                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes,
+                   dq=dq, dk=dk, dv=dv, softmax_d=d_view)
+    scalars = {}
+    if varlen:
+        scalars = dict(max_seqlen_q=_as_int("max_seqlen_q", max_seqlen_q),
+                       max_seqlen_k=_as_int("max_seqlen_k", max_seqlen_k))
+    _run("bwd", device, tensors, scalars, opts)
+    return softmax_d
+
+
+def kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, rotary_cos=None,
+            rotary_sin=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
+            alibi_slopes=None, out=None, softmax_scale=None, causal=False, window_left=-1,
+            window_right=-1, softcap=0.0, rotary_interleaved=True, num_splits=0):
+    """One inference step over a (paged) kv cache; k/v, if given, are written into the cache.
+    q (b, s_q, h, d) -> out (b, s_q, h, d_v), softmax_lse (b, h, s_q)."""
+    expect_ndim("q", q, 4, "(batch, seqlen, nheads, headdim)")
+    expect_ndim("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
+    device = q.device
+    check_tensors(device, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                  rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
+                  cache_leftpad=cache_leftpad, block_table=block_table, alibi_slopes=alibi_slopes, out=out)
+    if out is None:
+        out = torch.empty(q.shape[:-1] + (v_cache.shape[-1],), dtype=q.dtype, device=device)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=device)
+    opts = _lib.make_options(
+        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
+        window_right=window_right, softcap=softcap, num_splits=num_splits,
+        rotary_interleaved=rotary_interleaved)
+    tensors = dict(q=q, k_cache=k_cache, v_cache=v_cache, k_new=k, v_new=v, cache_seqlens=cache_seqlens,
+                   cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table,
+                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, alibi_slopes=alibi_slopes, out=out,
+                   softmax_lse=lse)
+    _run("kvcache", device, tensors, {}, opts)
+    return out, lse

@@ -1,0 +1,667 @@
+"""flash-attn 2.8.3's Python interface over libflashattn: same names, signatures, defaults and
+return values.
+
+Layers, top to bottom:
+  public functions (flash_attn_func, ...)           normalise arguments, call .apply
+  autograd Functions (FlashAttnFunc, ...)           save tensors, allocate grads, call the ops
+  custom ops torch.ops.flash_attn._flash_attn_*     opaque to torch.compile, with fake impls,
+                                                    registered for every device
+  _engine                                           outputs, workspace, RNG, the C library
+
+Widening differences from upstream (never narrowing): CPU tensors run on the cpu backend; fp32
+inputs are accepted; any head dim 1..256 runs without padding; paged KV takes any page size.
+S_dmask (return_attn_probs with dropout) holds *normalised* probabilities exp(s - lse), negated
+where dropout dropped them, in upstream's (b, h, round128(s_q), round128(s_k)) shape; entries
+outside the sequences are 0. rng_state is an int64 CPU tensor [seed, offset].
+"""
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from . import _engine, _flaggems
+from . import _extension as flash_attn_gpu
+
+USE_TRITON_ROCM = False
+flash_attn_cuda = None  # upstream <= 2.7.0 name; clients probe flash_attn_gpu first
+
+
+def maybe_contiguous(x):
+    return x.contiguous() if x is not None and x.stride(-1) != 1 else x
+
+
+def round_multiple(x, m):
+    return (x + m - 1) // m * m
+
+
+def _get_block_size_n(device, head_dim, is_dropout, is_causal):
+    """Upstream's key-block width table (sm80 rules), kept for API compatibility.
+
+    Our S_dmask is already normalised (see the module docstring), so decoding it needs no
+    per-block rescaling: the probabilities are S_dmask.abs() and the dropout mask is S_dmask >= 0.
+    Upstream's test helper normalize_flash_attn_S must therefore not be applied to it."""
+    assert head_dim <= 256
+    if head_dim <= 32:
+        return 128
+    if head_dim <= 64:
+        return 128 if not is_dropout else 64
+    if head_dim <= 96:
+        return 64
+    if head_dim <= 128:
+        return 64 if not is_dropout else 32
+    return 64
+
+
+def _window(window_size):
+    """(left, right) ints; elements may be 0-d tensors (upstream's tests pass a tensor)."""
+    if len(window_size) != 2:
+        raise ValueError(f"flash_attn: window_size must be (left, right) (got {window_size!r})")
+    return int(window_size[0]), int(window_size[1])
+
+
+def _scale(softmax_scale, q):
+    return q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale
+
+
+# ---------------------------------------------------------------- custom ops
+
+_ops = torch.library
+
+
+@_ops.custom_op("flash_attn::_flash_attn_forward", mutates_args=(), device_types=None)
+def _flash_attn_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    return_softmax: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
+    gems = _flaggems.maybe_forward(q, k, v, dropout_p, softmax_scale, causal, window_size_left,
+                                   window_size_right, softcap, alibi_slopes, return_softmax)
+    if gems is not None:
+        return gems[0], gems[1], q.new_empty((0,)), torch.zeros(2, dtype=torch.int64)
+    return _engine.fwd(q, k, v, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
+                       softmax_scale=softmax_scale, causal=causal, window_left=window_size_left,
+                       window_right=window_size_right, softcap=softcap, return_softmax=return_softmax)
+
+
+def _fake_probs(q, batch, nheads, s_q, s_k, return_softmax):
+    if return_softmax:
+        return q.new_empty((batch, nheads, round_multiple(s_q, 128), round_multiple(s_k, 128)))
+    return q.new_empty((0,))
+
+
+def _fake_rng_state():
+    return torch.empty((2,), dtype=torch.int64, device="cpu")
+
+
+@_flash_attn_forward.register_fake
+def _flash_attn_forward_fake(q, k, v, dropout_p, softmax_scale, causal, window_size_left,
+                             window_size_right, softcap, alibi_slopes, return_softmax):
+    batch, s_q, nheads, _ = q.shape
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    lse = q.new_empty((batch, nheads, s_q), dtype=torch.float32)
+    p = _fake_probs(q, batch, nheads, s_q, k.shape[1], return_softmax)
+    return out, lse, p, _fake_rng_state()
+
+
+@_ops.custom_op("flash_attn::_flash_attn_varlen_forward", mutates_args=(), device_types=None)
+def _flash_attn_varlen_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int = -1,
+    window_size_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    return_softmax: bool = False,
+    block_table: Optional[torch.Tensor] = None,
+    leftpad_k: Optional[torch.Tensor] = None,
+    seqused_k: Optional[torch.Tensor] = None,
+    zero_tensors: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
+    out, lse, p, rng_state = flash_attn_gpu.varlen_fwd(
+        q, k, v, None, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, alibi_slopes,
+        max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, zero_tensors, causal, window_size_left,
+        window_size_right, softcap, return_softmax, None)
+    return out, lse, p, rng_state
+
+
+@_flash_attn_varlen_forward.register_fake
+def _flash_attn_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                    dropout_p, softmax_scale, causal, window_size_left=-1,
+                                    window_size_right=-1, softcap=0.0, alibi_slopes=None,
+                                    return_softmax=False, block_table=None, leftpad_k=None,
+                                    seqused_k=None, zero_tensors=False):
+    total_q, nheads, _ = q.shape
+    batch = cu_seqlens_q.numel() - 1
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    lse = q.new_empty((nheads, total_q), dtype=torch.float32)
+    p = _fake_probs(q, batch, nheads, max_seqlen_q, max_seqlen_k, return_softmax)
+    return out, lse, p, _fake_rng_state()
+
+
+@_ops.custom_op("flash_attn::_flash_attn_backward", mutates_args=("dq", "dk", "dv"), device_types=None)
+def _flash_attn_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: Optional[torch.Tensor],
+    dk: Optional[torch.Tensor],
+    dv: Optional[torch.Tensor],
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    deterministic: bool,
+    rng_state: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
+    return flash_attn_gpu.bwd(
+        dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, dropout_p, softmax_scale, causal,
+        window_size_left, window_size_right, softcap, deterministic, None, rng_state)[3]
+
+
+@_flash_attn_backward.register_fake
+def _flash_attn_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale,
+                              causal, window_size_left, window_size_right, softcap, alibi_slopes,
+                              deterministic, rng_state=None):
+    batch, s_q, nheads, _ = q.shape
+    return q.new_empty((batch, nheads, round_multiple(s_q, 128)), dtype=torch.float32)
+
+
+@_ops.custom_op("flash_attn::_flash_attn_varlen_backward", mutates_args=("dq", "dk", "dv"),
+                device_types=None)
+def _flash_attn_varlen_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: Optional[torch.Tensor],
+    dk: Optional[torch.Tensor],
+    dv: Optional[torch.Tensor],
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    deterministic: bool,
+    rng_state: Optional[torch.Tensor] = None,
+    zero_tensors: bool = False,
+) -> torch.Tensor:
+    dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
+    return flash_attn_gpu.varlen_bwd(
+        dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
+        max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, zero_tensors, causal, window_size_left,
+        window_size_right, softcap, deterministic, None, rng_state)[3]
+
+
+@_flash_attn_varlen_backward.register_fake
+def _flash_attn_varlen_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q,
+                                     cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                     softmax_scale, causal, window_size_left, window_size_right,
+                                     softcap, alibi_slopes, deterministic, rng_state=None,
+                                     zero_tensors=False):
+    batch = cu_seqlens_q.numel() - 1
+    return q.new_empty((q.shape[1], q.shape[0] + 128 * batch), dtype=torch.float32)
+
+
+_wrapped_flash_attn_forward = torch.ops.flash_attn._flash_attn_forward
+_wrapped_flash_attn_varlen_forward = torch.ops.flash_attn._flash_attn_varlen_forward
+_wrapped_flash_attn_backward = torch.ops.flash_attn._flash_attn_backward
+_wrapped_flash_attn_varlen_backward = torch.ops.flash_attn._flash_attn_varlen_backward
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _needs_grad(is_grad_enabled, *tensors):
+    return is_grad_enabled and any(t.requires_grad for t in tensors)
+
+
+def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+          deterministic, **varlen):
+    ctx.save_for_backward(*tensors)
+    ctx.dropout_p = dropout_p
+    ctx.softmax_scale = softmax_scale
+    ctx.causal = causal
+    ctx.window_size = window_size
+    ctx.softcap = softcap
+    ctx.alibi_slopes = alibi_slopes
+    ctx.deterministic = deterministic
+    for name, value in varlen.items():
+        setattr(ctx, name, value)
+
+
+def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                   return_softmax):
+    return _wrapped_flash_attn_forward(
+        q, k, v, dropout_p, softmax_scale, causal=causal, window_size_left=window_size[0],
+        window_size_right=window_size[1], softcap=softcap, alibi_slopes=alibi_slopes,
+        return_softmax=return_softmax and dropout_p > 0)
+
+
+def _dense_backward(ctx, dout, dq, dk, dv):
+    """dq/dk/dv: buffers (possibly views of one packed buffer) written in place."""
+    q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
+    _wrapped_flash_attn_backward(
+        dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.dropout_p, ctx.softmax_scale, ctx.causal,
+        ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.alibi_slopes, ctx.deterministic,
+        rng_state=rng_state)
+
+
+def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                    softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax,
+                    block_table=None):
+    return _wrapped_flash_attn_varlen_forward(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal=causal, window_size_left=window_size[0], window_size_right=window_size[1],
+        softcap=softcap, alibi_slopes=alibi_slopes, return_softmax=return_softmax and dropout_p > 0,
+        block_table=block_table)
+
+
+def _varlen_backward(ctx, dout, dq, dk, dv):
+    q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
+    _wrapped_flash_attn_varlen_backward(
+        dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
+        ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal, ctx.window_size[0],
+        ctx.window_size[1], ctx.softcap, ctx.alibi_slopes, ctx.deterministic, rng_state=rng_state)
+
+
+def _result(out, softmax_lse, S_dmask, return_softmax):
+    return (out, softmax_lse, S_dmask) if return_softmax else out
+
+
+_NONES = (None,) * 12
+
+
+class FlashAttnQKVPackedFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                deterministic, return_softmax, is_grad_enabled):
+        # qkv (b, s, 3, h, d) -> out (b, s, h, d)
+        softmax_scale = _scale(softmax_scale, qkv)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out, lse, S_dmask, rng_state = _dense_forward(
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+        if _needs_grad(is_grad_enabled, qkv):
+            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
+                  softcap, alibi_slopes, deterministic)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        q = ctx.saved_tensors[0]
+        dqkv = torch.empty(q.shape[:2] + (3,) + q.shape[2:], dtype=q.dtype, device=q.device)
+        _dense_backward(ctx, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
+        return (dqkv,) + _NONES[:9]
+
+
+class FlashAttnKVPackedFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, kv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                deterministic, return_softmax, is_grad_enabled):
+        # q (b, s_q, h, d), kv (b, s_k, 2, h_k, d) -> out (b, s_q, h, d)
+        softmax_scale = _scale(softmax_scale, q)
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        out, lse, S_dmask, rng_state = _dense_forward(
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+        if _needs_grad(is_grad_enabled, q, kv):
+            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
+                  softcap, alibi_slopes, deterministic)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        q, k = ctx.saved_tensors[:2]
+        dq = torch.empty_like(q)
+        dkv = torch.empty(k.shape[:2] + (2,) + k.shape[2:], dtype=k.dtype, device=k.device)
+        _dense_backward(ctx, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
+        return (dq, dkv) + _NONES[:9]
+
+
+class FlashAttnFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                deterministic, return_softmax, is_grad_enabled):
+        # q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v) -> out (b, s_q, h, d_v)
+        softmax_scale = _scale(softmax_scale, q)
+        out, lse, S_dmask, rng_state = _dense_forward(
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+        if _needs_grad(is_grad_enabled, q, k, v):
+            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
+                  softcap, alibi_slopes, deterministic)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        q, k, v = ctx.saved_tensors[:3]
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _dense_backward(ctx, dout, dq, dk, dv)
+        return (dq, dk, dv) + _NONES[:9]
+
+
+class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size,
+                softcap, alibi_slopes, deterministic, return_softmax, is_grad_enabled):
+        # qkv (total, 3, h, d) -> out (total, h, d)
+        softmax_scale = _scale(softmax_scale, qkv)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        out, lse, S_dmask, rng_state = _varlen_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
+            window_size, softcap, alibi_slopes, return_softmax)
+        if _needs_grad(is_grad_enabled, qkv):
+            _save(ctx, (q, k, v, out, lse, cu_seqlens, cu_seqlens, rng_state), dropout_p, softmax_scale,
+                  causal, window_size, softcap, alibi_slopes, deterministic, max_seqlen_q=max_seqlen,
+                  max_seqlen_k=max_seqlen)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        q = ctx.saved_tensors[0]
+        # zeros: rows past cu_seqlens[-1] get no gradient and must not be garbage (upstream NaN issue)
+        dqkv = torch.zeros(q.shape[:1] + (3,) + q.shape[1:], dtype=q.dtype, device=q.device)
+        _varlen_backward(ctx, dout, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
+        return (dqkv,) + _NONES[:11]
+
+
+class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                return_softmax, is_grad_enabled):
+        # q (total_q, h, d), kv (total_k, 2, h_k, d) -> out (total_q, h, d)
+        softmax_scale = _scale(softmax_scale, q)
+        k, v = kv[:, 0], kv[:, 1]
+        out, lse, S_dmask, rng_state = _varlen_forward(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+            causal, window_size, softcap, alibi_slopes, return_softmax)
+        if _needs_grad(is_grad_enabled, q, kv):
+            _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
+                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        q, k = ctx.saved_tensors[:2]
+        dq = torch.zeros_like(q)
+        dkv = torch.zeros(k.shape[:1] + (2,) + k.shape[1:], dtype=k.dtype, device=k.device)
+        _varlen_backward(ctx, dout, dq, dkv[:, 0], dkv[:, 1])
+        return (dq, dkv) + _NONES[:13]
+
+
+class FlashAttnVarlenFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                return_softmax, block_table, is_grad_enabled):
+        # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
+        softmax_scale = _scale(softmax_scale, q)
+        out, lse, S_dmask, rng_state = _varlen_forward(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+            causal, window_size, softcap, alibi_slopes, return_softmax, block_table=block_table)
+        if _needs_grad(is_grad_enabled, q, k, v):
+            _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
+                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, paged=block_table is not None)
+        return _result(out, lse, S_dmask, return_softmax)
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        if ctx.paged:
+            raise NotImplementedError("flash_attn: backward through a paged KV cache (block_table) "
+                                      "is not supported, as upstream")
+        q, k, v = ctx.saved_tensors[:3]
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        _varlen_backward(ctx, dout, dq, dk, dv)
+        return (dq, dk, dv) + _NONES[:14]
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def flash_attn_qkvpacked_func(
+    qkv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # <=0.0 means deactivate
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention over a packed qkv: (batch, seqlen, 3, nheads, headdim) -> (batch, seqlen, nheads, headdim).
+
+    Faster than splitting qkv because the backward writes dq, dk, dv into one buffer.
+    dropout_p: probability of dropping (use 0.0 in eval). softmax_scale: default 1/sqrt(headdim).
+    causal: bottom-right aligned causal mask. window_size (left, right): local attention, query i
+    sees keys [i - left, i + right]. softcap: s = softcap * tanh(s / softcap) when > 0.
+    alibi_slopes: fp32 (nheads,) or (batch, nheads); bias -slope * |i - j| is added.
+    deterministic: bit-reproducible backward. return_attn_probs: also return softmax_lse
+    (batch, nheads, seqlen) and S_dmask (see the module docstring; testing only).
+    Returns out, or (out, softmax_lse, S_dmask).
+    """
+    return FlashAttnQKVPackedFunc.apply(
+        qkv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
+        deterministic, return_attn_probs, torch.is_grad_enabled())
+
+
+def flash_attn_kvpacked_func(
+    q,
+    kv,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention with packed kv: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2,
+    nheads_k, headdim) -> (batch, seqlen_q, nheads, headdim).
+
+    nheads % nheads_k == 0 (MQA/GQA: query head j uses kv head j // (nheads // nheads_k)). With
+    seqlen_q != seqlen_k the causal mask is aligned to the bottom right: query i sees key j iff
+    j <= i + seqlen_k - seqlen_q. The window is [i + seqlen_k - seqlen_q - left,
+    i + seqlen_k - seqlen_q + right]. Other arguments as flash_attn_qkvpacked_func.
+    """
+    return FlashAttnKVPackedFunc.apply(
+        q, kv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
+        deterministic, return_attn_probs, torch.is_grad_enabled())
+
+
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Attention: q (batch, seqlen_q, nheads, headdim), k (batch, seqlen_k, nheads_k, headdim),
+    v (batch, seqlen_k, nheads_k, headdim_v) -> out (batch, seqlen_q, nheads, headdim_v).
+
+    fp16, bf16 or fp32 on cpu or cuda; the last dim must be contiguous (other strides are free).
+    Masks and arguments as flash_attn_kvpacked_func. Returns out, or (out, softmax_lse, S_dmask)
+    with softmax_lse fp32 (batch, nheads, seqlen_q); a row with no visible key gives out = 0 and
+    lse = +inf.
+    """
+    return FlashAttnFunc.apply(
+        q, k, v, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
+        deterministic, return_attn_probs, torch.is_grad_enabled())
+
+
+def flash_attn_varlen_qkvpacked_func(
+    qkv,
+    cu_seqlens,
+    max_seqlen,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Variable-length packed qkv: qkv (total, 3, nheads, headdim), cu_seqlens int32 (batch + 1,)
+    cumulative lengths starting at 0, max_seqlen >= every length -> out (total, nheads, headdim).
+    softmax_lse is (nheads, total). Other arguments as flash_attn_qkvpacked_func.
+    """
+    return FlashAttnVarlenQKVPackedFunc.apply(
+        qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, _window(window_size), softcap,
+        alibi_slopes, deterministic, return_attn_probs, torch.is_grad_enabled())
+
+
+def flash_attn_varlen_kvpacked_func(
+    q,
+    kv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """Variable-length attention with packed kv: q (total_q, nheads, headdim), kv (total_k, 2,
+    nheads_k, headdim), cu_seqlens_q/k int32 (batch + 1,) -> out (total_q, nheads, headdim).
+    Masks use each sequence's own lengths. Other arguments as flash_attn_kvpacked_func.
+    """
+    return FlashAttnVarlenKVPackedFunc.apply(
+        q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
+        torch.is_grad_enabled())
+
+
+def flash_attn_varlen_func(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+    block_table=None,
+):
+    """Variable-length attention: q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim),
+    cu_seqlens_q/k int32 (batch + 1,), max_seqlen_q/k ints -> out (total_q, nheads, headdim_v),
+    softmax_lse (nheads, total_q).
+
+    block_table int32 (batch, max_blocks): k/v are a paged cache (num_blocks, page_size, nheads_k,
+    headdim) with any page_size >= 1; forward only. Other arguments as flash_attn_func.
+    """
+    return FlashAttnVarlenFunc.apply(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
+        block_table, torch.is_grad_enabled())
+
+
+def flash_attn_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens: Optional[Union[int, torch.Tensor]] = None,
+    cache_batch_idx: Optional[torch.Tensor] = None,
+    cache_leftpad: Optional[torch.Tensor] = None,
+    block_table: Optional[torch.Tensor] = None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),  # -1 means infinite context window
+    softcap=0.0,  # 0.0 means deactivated
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    num_splits=0,
+    return_softmax_lse=False,
+):
+    """One inference step over a kv cache (no autograd).
+
+    q (batch, seqlen_q, nheads, headdim); k_cache/v_cache (batch_cache, seqlen_cache, nheads_k,
+    headdim) or, with block_table int32 (batch, max_blocks), paged (num_blocks, page_size,
+    nheads_k, headdim) with any page_size. k/v (batch, seqlen_new, nheads_k, headdim), optional:
+    written in place into the cache at cache_seqlens (after rotary for k). cache_seqlens: int or
+    int32 (batch,), the valid tokens per cache row (the caller increments it). rotary_cos/sin
+    (seqlen_ro, rotary_dim / 2): rotary on the new k and on q (interleaved or GPT-NeoX halves).
+    cache_batch_idx int32 (batch,): cache rows to use. cache_leftpad int32 (batch,): first valid
+    cache position. num_splits: split-KV (0 = heuristic). Returns out (batch, seqlen_q, nheads,
+    headdim), or (out, softmax_lse (batch, nheads, seqlen_q)).
+    """
+    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
+    softmax_scale = _scale(softmax_scale, q)
+    if cache_seqlens is not None and isinstance(cache_seqlens, int):
+        cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32, device=q.device)
+    cache_seqlens = maybe_contiguous(cache_seqlens)
+    cache_batch_idx = maybe_contiguous(cache_batch_idx)
+    block_table = maybe_contiguous(block_table)
+    left, right = _window(window_size)
+    out, softmax_lse = flash_attn_gpu.fwd_kvcache(
+        q, k_cache, v_cache, k, v, cache_seqlens, rotary_cos, rotary_sin, cache_batch_idx,
+        cache_leftpad, block_table, alibi_slopes, None, softmax_scale, causal, left, right, softcap,
+        rotary_interleaved, num_splits)
+    return (out, softmax_lse) if return_softmax_lse else out
+
+
+__all__: List[str] = [
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
+]
