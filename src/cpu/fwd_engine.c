@@ -1,0 +1,532 @@
+/*
+ * fwd_engine.c — the blocked forward (FlashAttention-2, Algorithm 1) on the thread pool.
+ * See fwd_engine.h for the decomposition into work items; the steps of one item are
+ * load_q -> for each kv block { load_kv, qk, scores_epilogue, online_softmax, dropout, pv }
+ * -> finish_rows (or write_partial + combine_item when the kv range is split).
+ *
+ * Numerics: scores live in base 2 (scale * log2(e) folded into one multiplier), m_i/l_i/acc
+ * are f32, the output is rounded once. A row that sees no key keeps m_i = -inf and ends with
+ * out = 0, lse = +inf.
+ */
+#include "cpu/fwd_engine.h"
+
+#include "fa_philox.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- workspace layout */
+typedef struct fa_item {
+    int32_t b, hk, g0, ng; /* sequence, kv head, first q head of the group, q heads */
+    int64_t i0, nq;        /* q rows [i0, i0 + nq) */
+    int64_t cost;          /* kv blocks visited, for longest-first ordering */
+} fa_item;
+
+typedef struct fa_layout {
+    int64_t d_pad, dv_pad;
+    int64_t ng_max, nq_max; /* rows of an item: ng q heads x nq q rows <= FA_MAX_M */
+    int64_t max_items, splits;
+    size_t seqs_off, items_off, partial_off, scratch_off, scratch_bytes, total;
+} fa_layout;
+
+/* Per-thread scratch regions (floats). */
+typedef struct fa_scratch {
+    float *qf, *qop, *kf, *kp, *vf, *vp, *s, *acc, *m, *l;
+} fa_scratch;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
+    const int64_t sizes[] = {FA_MAX_M * L->d_pad,     FA_MAX_M * L->d_pad,      FA_BLOCK_N * L->d_pad,
+                             FA_BLOCK_N * L->d_pad,   FA_BLOCK_N * L->dv_pad,   FA_BLOCK_N * L->dv_pad,
+                             FA_MAX_M * FA_BLOCK_N,   FA_MAX_M * L->dv_pad,     FA_MAX_M,
+                             FA_MAX_M};
+    size_t off = 0;
+    for (size_t r = 0; r < sizeof sizes / sizeof sizes[0]; ++r) {
+        if (regions) regions[r] = (float *)(base + off);
+        off += align64((size_t)sizes[r] * sizeof(float));
+    }
+    return off;
+}
+
+static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items) {
+    int64_t kv_blocks = ceil_div(p->max_seqlen_k, FA_BLOCK_N);
+    if (kv_blocks <= 1) return 1;
+    int64_t n = p->opts.num_splits;
+    if (n == 0) { /* enough tasks for every thread twice over; >= 4 kv blocks per split */
+        if (threads <= 1 || max_items >= 2 * (int64_t)threads) return 1;
+        n = ceil_div(2 * (int64_t)threads, max_items);
+        if (n > kv_blocks / 4) n = kv_blocks / 4;
+    }
+    if (n > kv_blocks) n = kv_blocks;
+    if (n > 128) n = 128;
+    return n < 1 ? 1 : n;
+}
+
+static fa_layout make_layout(const fa_problem *p, int threads, int64_t total_q) {
+    fa_layout L;
+    L.d_pad = (p->d + 1) & ~(int64_t)1;
+    L.dv_pad = (p->d_v + 15) & ~(int64_t)15;
+    int64_t group = p->nheads / p->nheads_k;
+    L.ng_max = group < FA_MAX_M ? group : FA_MAX_M;
+    L.nq_max = FA_MAX_M / L.ng_max;
+    int64_t row_blocks = p->varlen ? ceil_div(total_q, L.nq_max) + p->batch
+                                   : p->batch * ceil_div(p->max_seqlen_q, L.nq_max);
+    L.max_items = row_blocks * p->nheads_k * ceil_div(group, L.ng_max);
+    L.splits = choose_splits(p, threads, L.max_items);
+    L.seqs_off = 0;
+    L.items_off = align64((size_t)p->batch * sizeof(fa_seq));
+    L.partial_off = L.items_off + align64((size_t)L.max_items * sizeof(fa_item));
+    size_t partial = L.splits > 1 ? (size_t)(L.max_items * L.splits * FA_MAX_M * (L.dv_pad + 1)) : 0;
+    L.scratch_off = L.partial_off + align64(partial * sizeof(float));
+    L.scratch_bytes = scratch_floats(&L, NULL, NULL);
+    L.total = L.scratch_off + L.scratch_bytes * (size_t)threads + 64; /* + 64: base alignment */
+    return L;
+}
+
+size_t fa_engine_workspace(const fa_problem *p, int num_threads, int64_t total_q) {
+    return make_layout(p, num_threads, total_q).total;
+}
+
+static char *aligned_base(void *ws) { return (char *)align64((size_t)(uintptr_t)ws); }
+
+fa_seq *fa_engine_seqs(void *ws) { return (fa_seq *)aligned_base(ws); }
+
+/* ---------------------------------------------------------------- masks */
+/* Visible keys of query row i: [key_lo(i), key_hi(i)) within [0, s_k). */
+static int64_t key_lo(const fa_problem *p, const fa_seq *sq, int64_t i) {
+    if (p->window_left < 0) return 0;
+    int64_t lo = i + sq->s_k - sq->s_q - p->window_left;
+    return lo > 0 ? lo : 0;
+}
+
+static int64_t key_hi(const fa_problem *p, const fa_seq *sq, int64_t i) {
+    if (p->window_right < 0) return sq->s_k;
+    int64_t hi = i + sq->s_k - sq->s_q + p->window_right + 1;
+    return hi < sq->s_k ? (hi > 0 ? hi : 0) : sq->s_k;
+}
+
+/* Keys [lo, hi) that some row of the item sees (rows share q indices across heads). */
+static void item_key_range(const fa_problem *p, const fa_seq *sq, const fa_item *it, int64_t *lo,
+                           int64_t *hi) {
+    *lo = key_lo(p, sq, it->i0);
+    *hi = key_hi(p, sq, it->i0 + it->nq - 1);
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* ---------------------------------------------------------------- items */
+static int by_cost_desc(const void *a, const void *b) {
+    const fa_item *x = a, *y = b;
+    if (x->cost != y->cost) return x->cost < y->cost ? 1 : -1;
+    /* ties: keep creation order, so runs are reproducible */
+    if (x->b != y->b) return x->b < y->b ? -1 : 1;
+    if (x->hk != y->hk) return x->hk < y->hk ? -1 : 1;
+    if (x->g0 != y->g0) return x->g0 < y->g0 ? -1 : 1;
+    return x->i0 < y->i0 ? -1 : (x->i0 > y->i0);
+}
+
+/* Every work item, longest first; -1 if there would be more than the layout planned for. */
+static int64_t build_items(const fa_attn_plan *pl, const fa_layout *L, fa_item *items) {
+    const fa_problem *p = pl->p;
+    int64_t group = p->nheads / p->nheads_k, n = 0;
+    for (int64_t b = 0; b < p->batch; ++b) {
+        const fa_seq *sq = &pl->seqs[b];
+        for (int64_t hk = 0; hk < p->nheads_k; ++hk)
+            for (int64_t g0 = 0; g0 < group; g0 += L->ng_max)
+                for (int64_t i0 = 0; i0 < sq->s_q; i0 += L->nq_max) {
+                    fa_item it = {(int32_t)b, (int32_t)hk, (int32_t)g0,
+                                  (int32_t)(group - g0 < L->ng_max ? group - g0 : L->ng_max), i0,
+                                  sq->s_q - i0 < L->nq_max ? sq->s_q - i0 : L->nq_max, 0};
+                    int64_t lo, hi;
+                    item_key_range(p, sq, &it, &lo, &hi);
+                    it.cost = hi > lo ? ceil_div(hi, FA_BLOCK_N) - lo / FA_BLOCK_N : 0;
+                    if (n == L->max_items) return -1;
+                    items[n++] = it;
+                }
+    }
+    qsort(items, (size_t)n, sizeof *items, by_cost_desc);
+    return n;
+}
+
+/* ---------------------------------------------------------------- the run's shared state */
+typedef struct fa_run {
+    const fa_attn_plan *pl;
+    const fa_layout *L;
+    const fa_fwd_kernels *kern;
+    const fa_item *items;
+    float *partials;
+    char *scratch;
+    size_t esize;
+} fa_run;
+
+static fa_scratch scratch_of(const fa_run *run, int thread) {
+    float *r[10];
+    scratch_floats(run->L, r, run->scratch + (size_t)thread * run->L->scratch_bytes);
+    return (fa_scratch){r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
+}
+
+static int64_t head_of(const fa_run *run, const fa_item *it, int64_t r) {
+    int64_t group = run->pl->p->nheads / run->pl->p->nheads_k;
+    return it->hk * group + it->g0 + r / it->nq;
+}
+
+/* Key j of sequence sq, head offset head_off, as a pointer into base. */
+static const char *key_row(const fa_run *run, const fa_seq *sq, const char *base, int64_t off,
+                           int64_t row_st, int64_t page_st, int64_t head_off, int64_t j) {
+    int64_t e;
+    if (sq->pages) {
+        int64_t ps = run->pl->p->page_size;
+        e = (int64_t)sq->pages[j / ps] * page_st + (j % ps) * row_st + head_off;
+    } else {
+        e = off + j * row_st + head_off;
+    }
+    return base + e * (int64_t)run->esize;
+}
+
+/* Rotary embedding of x[0, rotary_dim) at position pos in f32, rounded to the dtype after
+ * (upstream rotates in registers and stores the dtype, for k into the cache and q into smem). */
+void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_t row_stride,
+                   float *x, int64_t pos) {
+    int64_t half = p->rotary_dim / 2;
+    size_t es = fa_dtype_size(p->dtype);
+    float c[128], s[128]; /* rotary_dim <= d <= 256 */
+    fa_load_row_f32(p->dtype, cos + (size_t)(pos * row_stride) * es, c, half);
+    fa_load_row_f32(p->dtype, sin + (size_t)(pos * row_stride) * es, s, half);
+    bool inter = p->opts.rotary_interleaved;
+    for (int64_t t = 0; t < half; ++t) {
+        int64_t a = inter ? 2 * t : t, b = inter ? 2 * t + 1 : t + half;
+        float x0 = x[a], x1 = x[b];
+        x[a] = x0 * c[t] - x1 * s[t];
+        x[b] = x0 * s[t] + x1 * c[t];
+    }
+    if (p->dtype == FA_DTYPE_F16)
+        for (int64_t t = 0; t < p->rotary_dim; ++t) x[t] = fa_f16_to_f32(fa_f32_to_f16(x[t]));
+    if (p->dtype == FA_DTYPE_BF16)
+        for (int64_t t = 0; t < p->rotary_dim; ++t) x[t] = fa_bf16_to_f32(fa_f32_to_bf16(x[t]));
+}
+
+/* Q tile of the item: qf[r][d_pad] f32 (rotated when asked), then the kernel's operand. */
+static void load_q(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t m) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_seq *sq = &pl->seqs[it->b];
+    int64_t d = pl->p->d, d_pad = run->L->d_pad;
+    for (int64_t r = 0; r < m; ++r) {
+        int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
+        const char *src = pl->q + (sq->q_off + i * pl->q_row + h * pl->q_head) * (int64_t)run->esize;
+        float *dst = w->qf + r * d_pad;
+        fa_load_row_f32(pl->p->dtype, src, dst, d);
+        for (int64_t c = d; c < d_pad; ++c) dst[c] = 0.0f;
+        if (pl->p->rotary_dim > 0)
+            fa_rotate_row(pl->p, pl->rot_cos, pl->rot_sin, pl->rot_row, dst,
+                          sq->rotary_pos + (pl->rot_q_per_row ? i : 0));
+    }
+    run->kern->prep_q(w->qf, (int)m, (int)d, (int)d_pad, w->qop);
+}
+
+/* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded). */
+static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_problem *p = pl->p;
+    const fa_seq *sq = &pl->seqs[it->b];
+    int64_t d_pad = run->L->d_pad, dv_pad = run->L->dv_pad;
+    int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
+    for (int64_t j = 0; j < FA_BLOCK_N; ++j) {
+        float *kd = w->kf + j * d_pad, *vd = w->vf + j * dv_pad;
+        int64_t kc = 0, vc = 0;
+        if (j < n) {
+            fa_load_row_f32(p->dtype, key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page,
+                                              it->hk * pl->k_head, j0 + j), kd, p->d);
+            fa_load_row_f32(p->dtype, key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page,
+                                              it->hk * pl->v_head, j0 + j), vd, p->d_v);
+            kc = p->d;
+            vc = p->d_v;
+        }
+        memset(kd + kc, 0, (size_t)(d_pad - kc) * sizeof(float));
+        memset(vd + vc, 0, (size_t)(dv_pad - vc) * sizeof(float));
+    }
+    run->kern->pack_k(w->kf, (int)p->d, (int)d_pad, w->kp);
+    run->kern->pack_v(w->vf, (int)dv_pad, w->vp);
+}
+
+/* ---------------------------------------------------------------- score epilogues */
+/* Scores of the tile into base 2 with softcap, ALiBi and masks (the general path). */
+static void scores_full(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_problem *p = pl->p;
+    const fa_seq *sq = &pl->seqs[it->b];
+    for (int64_t r = 0; r < m; ++r) {
+        int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
+        int64_t lo = key_lo(p, sq, i), hi = key_hi(p, sq, i), diag = i + sq->s_k - sq->s_q;
+        float slope = pl->alibi ? pl->alibi[it->b * pl->alibi_batch + h] : 0.0f;
+        float *row = s + r * FA_BLOCK_N;
+        for (int64_t j = 0; j < FA_BLOCK_N; ++j) {
+            int64_t jj = j0 + j;
+            if (jj < lo || jj >= hi) {
+                row[j] = -INFINITY;
+                continue;
+            }
+            float x = row[j] * p->scale;
+            if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
+            if (pl->alibi)
+                x += p->is_causal ? slope * (float)jj : -slope * (float)llabs(diag - jj);
+            row[j] = x * FA_LOG2E;
+        }
+    }
+}
+
+/* Raw scores stay raw; invisible keys become -inf (boundary blocks only). */
+static void scores_mask(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+    const fa_problem *p = run->pl->p;
+    const fa_seq *sq = &run->pl->seqs[it->b];
+    for (int64_t r = 0; r < m; ++r) {
+        int64_t i = it->i0 + r % it->nq;
+        int64_t lo = key_lo(p, sq, i) - j0, hi = key_hi(p, sq, i) - j0;
+        float *row = s + r * FA_BLOCK_N;
+        for (int64_t j = 0; j < FA_BLOCK_N; ++j)
+            if (j < lo || j >= hi) row[j] = -INFINITY;
+    }
+}
+
+/* Does some row of the item see only part of block [j0, j0 + FA_BLOCK_N)? */
+static bool block_needs_mask(const fa_problem *p, const fa_seq *sq, const fa_item *it, int64_t j0) {
+    int64_t last = it->i0 + it->nq - 1;
+    return j0 + FA_BLOCK_N > sq->s_k || j0 < key_lo(p, sq, last) ||
+           j0 + FA_BLOCK_N > key_hi(p, sq, it->i0);
+}
+
+/* ---------------------------------------------------------------- softmax, dropout */
+/* One kv block's online-softmax update of every row; s becomes P (unnormalised, base 2). */
+static void online_softmax(const fa_run *run, const fa_scratch *w, int64_t m, float c) {
+    int64_t dv_pad = run->L->dv_pad;
+    for (int64_t r = 0; r < m; ++r) {
+        float *row = w->s + r * FA_BLOCK_N;
+        float m_blk = run->kern->row_max(row, FA_BLOCK_N) * c;
+        float m_new = m_blk > w->m[r] ? m_blk : w->m[r];
+        if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
+            memset(row, 0, FA_BLOCK_N * sizeof(float));
+            continue;
+        }
+        float alpha = exp2f(w->m[r] - m_new); /* 0 when m[r] = -inf */
+        float sum = run->kern->exp_sum(row, FA_BLOCK_N, c, m_new);
+        w->l[r] = w->l[r] * alpha + sum;
+        w->m[r] = m_new;
+        if (alpha != 1.0f) {
+            float *acc = w->acc + r * dv_pad;
+            for (int64_t col = 0; col < dv_pad; ++col) acc[col] *= alpha;
+        }
+    }
+}
+
+/* Zero the dropped entries of P (the scaling by 1 / (1 - p) happens once at the end). */
+static void apply_dropout(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+    const fa_problem *p = run->pl->p;
+    uint32_t threshold = fa_dropout_threshold(p->dropout_p);
+    for (int64_t r = 0; r < m; ++r) {
+        int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
+        uint32_t bh = (uint32_t)(it->b * p->nheads + h);
+        float *row = s + r * FA_BLOCK_N;
+        for (int64_t j = 0; j < FA_BLOCK_N; j += 4) {
+            fa_philox_u32x4 words = fa_dropout_words(p->opts.rng_seed, p->opts.rng_offset, bh,
+                                                     (uint32_t)i, (uint32_t)((j0 + j) / 4));
+            for (int t = 0; t < 4; ++t)
+                if (words.x[t] < threshold) row[j + t] = 0.0f;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- one work item */
+static void store_out_row(const fa_run *run, const fa_item *it, int64_t r, const float *o,
+                          float lse) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_seq *sq = &pl->seqs[it->b];
+    int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
+    char *dst = pl->out + (sq->o_off + i * pl->o_row + h * pl->o_head) * (int64_t)run->esize;
+    fa_store_row_f32(pl->p->dtype, o, dst, pl->p->d_v);
+    pl->lse[sq->lse_off + i * pl->lse_row + h * pl->lse_head] = lse;
+}
+
+/* acc / l (times the dropout scale) into out; lse = ln(2) * (m + log2 l). */
+static void finish_rows(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t m) {
+    float keep_scale = 1.0f / (1.0f - run->pl->p->dropout_p);
+    for (int64_t r = 0; r < m; ++r) {
+        float *acc = w->acc + r * run->L->dv_pad;
+        bool empty = w->m[r] == -INFINITY;
+        float inv = empty ? 0.0f : keep_scale / w->l[r];
+        for (int64_t c = 0; c < run->pl->p->d_v; ++c) acc[c] *= inv;
+        store_out_row(run, it, r, acc, empty ? INFINITY : (w->m[r] + log2f(w->l[r])) * FA_LN2);
+    }
+}
+
+/* Partial of one split: rows of [o (dv_pad) | lse2 (base 2, -inf when empty)]. */
+static float *partial_of(const fa_run *run, int64_t item, int64_t split) {
+    size_t rec = (size_t)(run->L->dv_pad + 1);
+    return run->partials + ((size_t)(item * run->L->splits + split) * FA_MAX_M) * rec;
+}
+
+static void write_partial(const fa_run *run, int64_t item, int64_t split, const fa_scratch *w,
+                          int64_t m) {
+    float *part = partial_of(run, item, split);
+    int64_t dv_pad = run->L->dv_pad;
+    for (int64_t r = 0; r < m; ++r) {
+        float *o = part + r * (dv_pad + 1);
+        bool empty = w->m[r] == -INFINITY;
+        float inv = empty ? 0.0f : 1.0f / w->l[r];
+        for (int64_t c = 0; c < dv_pad; ++c) o[c] = w->acc[r * dv_pad + c] * inv;
+        o[dv_pad] = empty ? -INFINITY : w->m[r] + log2f(w->l[r]);
+    }
+}
+
+static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
+    const fa_item *it = &run->items[item];
+    const fa_problem *p = run->pl->p;
+    const fa_seq *sq = &run->pl->seqs[it->b];
+    fa_scratch w = scratch_of(run, thread);
+    int64_t m = (int64_t)it->ng * it->nq, lo, hi;
+    item_key_range(p, sq, it, &lo, &hi);
+    int64_t blk0 = lo / FA_BLOCK_N, nblk = hi > lo ? ceil_div(hi, FA_BLOCK_N) - blk0 : 0;
+    int64_t splits = run->L->splits;
+    int64_t first = blk0 + nblk * split / splits, last = blk0 + nblk * (split + 1) / splits;
+
+    for (int64_t r = 0; r < m; ++r) {
+        w.m[r] = -INFINITY;
+        w.l[r] = 0.0f;
+    }
+    memset(w.acc, 0, (size_t)(m * run->L->dv_pad) * sizeof(float));
+    if (first < last) load_q(run, it, &w, m);
+    bool general = p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f);
+    for (int64_t blk = first; blk < last; ++blk) {
+        int64_t j0 = blk * FA_BLOCK_N;
+        load_kv(run, it, &w, j0);
+        run->kern->qk(w.qop, w.kp, (int)m, (int)run->L->d_pad, w.s);
+        float c = p->scale * FA_LOG2E;
+        if (general) {
+            scores_full(run, it, w.s, m, j0);
+            c = 1.0f;
+        } else if (block_needs_mask(p, sq, it, j0)) {
+            scores_mask(run, it, w.s, m, j0);
+        }
+        online_softmax(run, &w, m, c);
+        if (p->dropout_p > 0.0f) apply_dropout(run, it, w.s, m, j0);
+        run->kern->pv(w.s, w.vp, (int)m, (int)run->L->dv_pad, w.acc);
+    }
+    if (splits > 1)
+        write_partial(run, item, split, &w, m);
+    else
+        finish_rows(run, it, &w, m);
+}
+
+static void attend_task(void *arg, int64_t task, int thread) {
+    const fa_run *run = arg;
+    attend(run, task / run->L->splits, task % run->L->splits, thread);
+}
+
+/* Merge the splits of one item by their LSE. */
+static void combine_task(void *arg, int64_t item, int thread) {
+    const fa_run *run = arg;
+    const fa_item *it = &run->items[item];
+    fa_scratch w = scratch_of(run, thread);
+    int64_t m = (int64_t)it->ng * it->nq, dv_pad = run->L->dv_pad, rec = dv_pad + 1;
+    float keep_scale = 1.0f / (1.0f - run->pl->p->dropout_p);
+    for (int64_t r = 0; r < m; ++r) {
+        float top = -INFINITY;
+        for (int64_t s = 0; s < run->L->splits; ++s) {
+            float lse2 = partial_of(run, item, s)[r * rec + dv_pad];
+            top = lse2 > top ? lse2 : top;
+        }
+        float *o = w.acc;
+        memset(o, 0, (size_t)dv_pad * sizeof(float));
+        if (top == -INFINITY) {
+            store_out_row(run, it, r, o, INFINITY);
+            continue;
+        }
+        float total = 0.0f;
+        for (int64_t s = 0; s < run->L->splits; ++s) {
+            const float *part = partial_of(run, item, s) + r * rec;
+            float weight = exp2f(part[dv_pad] - top);
+            if (weight == 0.0f) continue;
+            total += weight;
+            for (int64_t c = 0; c < dv_pad; ++c) o[c] += weight * part[c];
+        }
+        for (int64_t c = 0; c < dv_pad; ++c) o[c] *= keep_scale / total;
+        store_out_row(run, it, r, o, (top + log2f(total)) * FA_LN2);
+    }
+}
+
+/* ---------------------------------------------------------------- attn_probs (testing) */
+static bool dropped(const fa_problem *p, int64_t b, int64_t h, int64_t i, int64_t j) {
+    fa_philox_u32x4 words = fa_dropout_words(p->opts.rng_seed, p->opts.rng_offset,
+                                             (uint32_t)(b * p->nheads + h), (uint32_t)i,
+                                             (uint32_t)(j / 4));
+    return words.x[j % 4] < fa_dropout_threshold(p->dropout_p);
+}
+
+/* exp(s - lse) of one visible (i, j), recomputed in f32 from the inputs. */
+static float prob_of(const fa_run *run, const fa_seq *sq, int64_t b, int64_t h, int64_t i,
+                     int64_t j, const float *q, float *k) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_problem *p = pl->p;
+    int64_t hk = h / (p->nheads / p->nheads_k);
+    float lse = pl->lse[sq->lse_off + i * pl->lse_row + h * pl->lse_head];
+    if (j < key_lo(p, sq, i) || j >= key_hi(p, sq, i) || lse == INFINITY) return 0.0f;
+    fa_load_row_f32(p->dtype, key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, hk * pl->k_head, j),
+                    k, p->d);
+    float dot = 0.0f;
+    for (int64_t c = 0; c < p->d; ++c) dot += q[c] * k[c];
+    float x = dot * p->scale;
+    if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
+    if (pl->alibi) {
+        float slope = pl->alibi[b * pl->alibi_batch + h];
+        x += p->is_causal ? slope * (float)j : -slope * (float)llabs(i + sq->s_k - sq->s_q - j);
+    }
+    return expf(x - lse);
+}
+
+static void probs_task(void *arg, int64_t bh, int thread) {
+    const fa_run *run = arg;
+    const fa_attn_plan *pl = run->pl;
+    const fa_problem *p = pl->p;
+    int64_t b = bh / p->nheads, h = bh % p->nheads;
+    const fa_seq *sq = &pl->seqs[b];
+    fa_scratch w = scratch_of(run, thread);
+    size_t es = run->esize;
+    for (int64_t i = 0; i < pl->probs_rows; ++i) {
+        if (i < sq->s_q)
+            fa_load_row_f32(p->dtype, pl->q + (sq->q_off + i * pl->q_row + h * pl->q_head) * (int64_t)es,
+                            w.qf, p->d);
+        for (int64_t j = 0; j < pl->probs_cols; ++j) {
+            float v = 0.0f;
+            if (i < sq->s_q && j < sq->s_k) {
+                v = prob_of(run, sq, b, h, i, j, w.qf, w.kf);
+                if (p->dropout_p > 0.0f && dropped(p, b, h, i, j)) v = -v;
+            }
+            const int64_t *st = pl->probs_stride;
+            fa_store_row_f32(p->dtype, &v, pl->probs + (b * st[0] + h * st[1] + i * st[2] + j * st[3]) * (int64_t)es, 1);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- entry */
+static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype) {
+    (void)isa; /* SIMD kernel sets land next */
+    (void)dtype;
+    return &fa_fwd_kernels_scalar;
+}
+
+fa_status fa_engine_run(fa_pool *pool, const fa_attn_plan *pl, int64_t total_q, void *ws,
+                        size_t ws_bytes) {
+    fa_layout L = make_layout(pl->p, pl->num_threads, total_q);
+    FA_RETURN_IF(ws_bytes < L.total, FA_ERR_WORKSPACE_TOO_SMALL,
+                 "cpu forward: workspace_bytes must be >= %zu (got %zu)", L.total, ws_bytes);
+    char *base = aligned_base(ws);
+    fa_run run = {pl, &L, pick_kernels(pl->isa, pl->p->dtype), (fa_item *)(base + L.items_off),
+                  (float *)(base + L.partial_off), base + L.scratch_off, fa_dtype_size(pl->p->dtype)};
+    int64_t n_items = build_items(pl, &L, (fa_item *)(base + L.items_off));
+    FA_RETURN_IF(n_items < 0, FA_ERR_INTERNAL, "cpu forward: more work items than the %lld planned",
+                 (long long)L.max_items);
+    fa_pool_run(pool, n_items * L.splits, attend_task, &run);
+    if (L.splits > 1) fa_pool_run(pool, n_items, combine_task, &run);
+    if (pl->probs) fa_pool_run(pool, pl->p->batch * pl->p->nheads, probs_task, &run);
+    return FA_OK;
+}

@@ -1,0 +1,102 @@
+/*
+ * fwd_engine.h — the blocked online-softmax forward shared by fa_cpu_fwd and fa_cpu_kvcache.
+ *
+ * The operations only describe where things live (fa_attn_plan + one fa_seq per sequence);
+ * the engine (fwd_engine.c) does the rest:
+ *   work item = (sequence b, kv head hk, a chunk of its GQA group's q heads, a block of q rows),
+ *               stacked as M <= FA_MAX_M rows so one packed K/V block serves every q head of
+ *               the group and every q row of the block;
+ *   per kv block of FA_BLOCK_N keys: pack K/V (any dtype, paged or not) into f32/bf16 panels,
+ *   S = Q Kᵀ (micro-kernel), masks/softcap/ALiBi only where needed, online softmax in base 2,
+ *   dropout, acc += P V (micro-kernel); fully masked kv blocks are never visited.
+ * Split-KV cuts an item's kv blocks into num_splits ranges whose (o, lse) partials are merged
+ * by LSE afterwards. Items are handed out longest first through the pool's atomic counter.
+ */
+#ifndef FA_FWD_ENGINE_H
+#define FA_FWD_ENGINE_H
+
+#include "cpu/cpu.h"
+
+#define FA_BLOCK_N 64   /* keys per kv block (a multiple of 4: one Philox draw covers 4 keys) */
+#define FA_MAX_M 64     /* stacked rows (q heads x q rows) per work item */
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
+
+/* Where sequence b lives; offsets are in elements from the plan's base pointers. */
+typedef struct fa_seq {
+    int64_t q_off, o_off, lse_off;
+    int64_t k_off, v_off;  /* dense: key 0 of this sequence (kv head 0) */
+    const int32_t *pages;  /* paged: block_table row (k_off/v_off unused) */
+    int64_t s_q, s_k;      /* the lengths the masks use */
+    int64_t rotary_pos;    /* kvcache rotary: position of q row 0 (cache_seqlens[b]) */
+} fa_seq;
+
+typedef struct fa_attn_plan {
+    const fa_problem *p;
+    fa_cpu_isa isa;
+    int num_threads;
+    const fa_seq *seqs; /* p->batch entries */
+    /* tensors: base pointers and element strides (row = token, head = head axis) */
+    const char *q;
+    int64_t q_row, q_head;
+    char *out;
+    int64_t o_row, o_head;
+    float *lse;
+    int64_t lse_row, lse_head;
+    const char *k, *v;
+    int64_t k_row, k_head, k_page, v_row, v_head, v_page;
+    /* ALiBi: slope of (b, h) = alibi[b * alibi_batch + h] */
+    const float *alibi;
+    int64_t alibi_batch;
+    /* kvcache rotary on q (rotary_dim = p->rotary_dim; 0 = off) */
+    const char *rot_cos, *rot_sin;
+    int64_t rot_row; /* stride of cos/sin rows */
+    bool rot_q_per_row; /* causal/local: q row i at rotary_pos + i, else all at rotary_pos */
+    /* attn_probs (optional; (b, h, i, j) element strides) */
+    char *probs;
+    int64_t probs_stride[4];
+    int64_t probs_rows, probs_cols;
+} fa_attn_plan;
+
+/* Workspace bytes for a problem run on num_threads threads; total_q = rows of q (varlen). */
+size_t fa_engine_workspace(const fa_problem *p, int num_threads, int64_t total_q);
+/* Where the caller writes the p->batch sequence descriptors inside that workspace. */
+fa_seq *fa_engine_seqs(void *ws);
+/* Runs the attention of the plan; ws holds fa_engine_workspace(...) bytes, seqs filled in. */
+fa_status fa_engine_run(fa_pool *pool, const fa_attn_plan *plan, int64_t total_q, void *ws,
+                        size_t ws_bytes);
+
+/* Rotary of x[0, p->rotary_dim) at row pos of cos/sin (q's dtype, (seqlen_ro, rotary_dim / 2)),
+ * interleaved or GPT-NeoX per p->opts, rounded to the dtype. */
+void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_t row_stride,
+                   float *x, int64_t pos);
+
+/* ---------------------------------------------------------------- micro-kernels (per ISA) */
+/*
+ * Operand layouts are owned by each kernel set: prep_q turns an f32 Q tile [m][d] into the
+ * QK left operand, pack_k an f32 K tile [FA_BLOCK_N][d] into the right operand, pack_v an f32
+ * V tile [FA_BLOCK_N][dv] into the PV right operand. Padding rows/columns are zero.
+ *   qk: s[m][FA_BLOCK_N] = Q Kᵀ (raw dot products)
+ *   pv: acc[m][dv_pad] += p[m][FA_BLOCK_N] · V   (p f32; kernels may round it to bf16)
+ *   row_max: max of n raw scores;  exp_sum: s = 2^(s * c - shift) in place, returns the sum;
+ *   2^(-inf) must be exactly 0.
+ */
+typedef struct fa_fwd_kernels {
+    const char *name;
+    void (*prep_q)(const float *q, int m, int d, int d_pad, void *dst);
+    void (*pack_k)(const float *k, int d, int d_pad, void *dst);
+    void (*pack_v)(const float *v, int dv_pad, void *dst);
+    void (*qk)(const void *q, const void *kp, int m, int d_pad, float *s);
+    void (*pv)(const float *p, const void *vp, int m, int dv_pad, float *acc);
+    float (*row_max)(const float *s, int n);
+    float (*exp_sum)(float *s, int n, float c, float shift);
+} fa_fwd_kernels;
+
+extern const fa_fwd_kernels fa_fwd_kernels_scalar;
+#if defined(FA_HAVE_X86)
+extern const fa_fwd_kernels fa_fwd_kernels_avx2;
+extern const fa_fwd_kernels fa_fwd_kernels_avx512;
+extern const fa_fwd_kernels fa_fwd_kernels_avx512_bf16;
+#endif
+
+#endif /* FA_FWD_ENGINE_H */

@@ -1,0 +1,73 @@
+/*
+ * fwd_kernels_scalar.c — the portable micro-kernels (plain C11; the compiler vectorises the
+ * inner loops for whatever the build targets). They define the reference operand layouts:
+ *   Q operand  [m][d_pad] f32 (a copy of the tile)
+ *   K panel    [d_pad][FA_BLOCK_N] f32 (Kᵀ, so QKᵀ streams contiguous key vectors)
+ *   V panel    [FA_BLOCK_N][dv_pad] f32
+ */
+#include "cpu/fwd_engine.h"
+
+#include <math.h>
+#include <string.h>
+
+static void prep_q(const float *q, int m, int d, int d_pad, void *dst) {
+    (void)d;
+    memcpy(dst, q, (size_t)m * (size_t)d_pad * sizeof(float));
+}
+
+static void pack_k(const float *k, int d, int d_pad, void *dst) {
+    float *kt = dst;
+    (void)d;
+    for (int j = 0; j < FA_BLOCK_N; ++j)
+        for (int c = 0; c < d_pad; ++c) kt[c * FA_BLOCK_N + j] = k[j * d_pad + c];
+}
+
+static void pack_v(const float *v, int dv_pad, void *dst) {
+    memcpy(dst, v, (size_t)FA_BLOCK_N * (size_t)dv_pad * sizeof(float));
+}
+
+/* s[m][FA_BLOCK_N] = Q Kᵀ */
+static void qk(const void *qv, const void *kp, int m, int d_pad, float *s) {
+    const float *q = qv, *kt = kp;
+    for (int r = 0; r < m; ++r) {
+        float acc[FA_BLOCK_N] = {0};
+        for (int c = 0; c < d_pad; ++c) {
+            float x = q[r * d_pad + c];
+            const float *krow = kt + c * FA_BLOCK_N;
+            for (int j = 0; j < FA_BLOCK_N; ++j) acc[j] += x * krow[j];
+        }
+        memcpy(s + r * FA_BLOCK_N, acc, sizeof acc);
+    }
+}
+
+/* acc[m][dv_pad] += p[m][FA_BLOCK_N] V */
+static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
+    const float *v = vp;
+    for (int r = 0; r < m; ++r) {
+        float *o = acc + r * dv_pad;
+        for (int j = 0; j < FA_BLOCK_N; ++j) {
+            float x = p[r * FA_BLOCK_N + j];
+            if (x == 0.0f) continue; /* masked or dropped */
+            const float *vrow = v + j * dv_pad;
+            for (int c = 0; c < dv_pad; ++c) o[c] += x * vrow[c];
+        }
+    }
+}
+
+static float row_max(const float *s, int n) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+    return mx;
+}
+
+static float exp_sum(float *s, int n, float c, float shift) {
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+        s[j] = exp2f(s[j] * c - shift);
+        sum += s[j];
+    }
+    return sum;
+}
+
+const fa_fwd_kernels fa_fwd_kernels_scalar = {"scalar", prep_q, pack_k, pack_v, qk, pv,
+                                              row_max, exp_sum};
