@@ -2,8 +2,8 @@
  * bwd.c — the cpu backward: FlashAttention-2's Algorithm 2 (Dao 2023) in three passes over
  * the persistent pool.
  *
- *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and f32 copies of
- *             q and dout when they are f16/bf16 (f32 inputs are read in place).
+ *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and head-major
+ *             f32 copies of q and dout, so every tile operand is contiguous.
  *   2. main   (parallel over (kv chunk, sequence, kv head), longest chunks first): a task owns
  *             the dK/dV of its keys, one kv block at a time, looping over the query heads of the
  *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
@@ -62,10 +62,13 @@ static bwd_view view_lse(const fa_tensor *t, bool varlen) {
     return v;
 }
 
-/* A contiguous f32 buffer laid out like q: (rows, nheads, d). */
-static bwd_view view_f32(float *data, int64_t seqlen, int64_t nheads, int64_t d, bool varlen) {
-    bwd_view v = {(char *)data, FA_DTYPE_F32, sizeof(float), 0, nheads * d, d};
-    v.bs = varlen ? 0 : seqlen * nheads * d;
+/* A contiguous f32 buffer, head-major so that a tile's rows are adjacent (no cache-set
+ * aliasing between rows): (b, h, seqlen, d), or varlen (h, rows, d). */
+static bwd_view view_f32(float *data, int64_t seqlen, int64_t rows, int64_t nheads, int64_t d,
+                         bool varlen) {
+    bwd_view v = {(char *)data, FA_DTYPE_F32, sizeof(float), 0, d, 0};
+    v.bs = varlen ? 0 : nheads * seqlen * d;
+    v.hs = varlen ? rows * d : seqlen * d;
     return v;
 }
 
@@ -90,7 +93,7 @@ typedef struct bwd_plan {
     const fa_bwd_kernels *kern;
     bwd_layout L;
     bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
-    bwd_view q32, do32; /* the f32 tile operands: the inputs when f32, else copies */
+    bwd_view q32, do32; /* f32 copies of q and dout, the tiles' operands */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
     char *scratch;      /* L.scratch_bytes per thread */
@@ -144,10 +147,8 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads
     if (dq_bytes > 0 && (size_t)chunks > cap / dq_bytes) chunks = (int64_t)(cap / dq_bytes);
     L->chunks = chunks > 1 ? chunks : 1;
     L->part_bytes = align_up(dq_bytes * (size_t)L->chunks);
-    L->copy_bytes = 0;
-    if (p->dtype != FA_DTYPE_F32)
-        L->copy_bytes = align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d * 4) +
-                        align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d_v * 4);
+    L->copy_bytes = align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d * 4) +
+                    align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d_v * 4);
     L->scratch_bytes = scratch_floats(p) * sizeof(float);
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
@@ -205,7 +206,6 @@ static bool row_in_sequences(const bwd_plan *pl, const fa_tensor *cu, int64_t t)
 static void bwd_prep_task(void *arg, int64_t task, int thread) {
     const bwd_plan *pl = arg;
     const fa_problem *p = pl->p;
-    bool convert = p->dtype != FA_DTYPE_F32;
     float *o = bwd_scratch_of(pl, thread).row;
     int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
                                                               : pl->L.rows;
@@ -215,11 +215,8 @@ static void bwd_prep_task(void *arg, int64_t task, int thread) {
         bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
         for (int64_t h = 0; h < p->nheads; ++h) {
             float *dout = view_f(&pl->do32, b, t, h);
-            if (convert) {
-                fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
-                fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h),
-                                p->d);
-            }
+            fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
+            fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
             fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
             float delta = 0.0f;
             for (int64_t c = 0; c < p->d_v; ++c) delta += dout[c] * o[c];
@@ -304,10 +301,8 @@ static void tile_row(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     hi = (hi < j0 + nj ? hi : j0 + nj) - j0;
     float lse = *view_f(&pl->lse, seq->b, seq->q0 + i, h);
     if (hi <= lo || lse == INFINITY) lo = hi = 0; /* no visible key: the row adds nothing */
-    memset(s, 0, (size_t)lo * sizeof(float));
-    memset(dp, 0, (size_t)lo * sizeof(float));
-    memset(s + hi, 0, (size_t)(nj - hi) * sizeof(float));
-    memset(dp + hi, 0, (size_t)(nj - hi) * sizeof(float));
+    for (int64_t j = 0; j < lo; ++j) s[j] = dp[j] = 0.0f;
+    for (int64_t j = hi; j < nj; ++j) s[j] = dp[j] = 0.0f;
     int64_t n = hi - lo;
     if (n == 0) return;
     float *pr = s + lo, *dpr = dp + lo, *tcr = tc + lo;
@@ -407,10 +402,10 @@ static void bwd_main_task(void *arg, int64_t task, int thread) {
     int64_t c = task / owners, b = task % owners / p->nheads_k, kvh = task % p->nheads_k;
     bwd_seq seq = seq_of(pl, b);
     bwd_scratch sc = bwd_scratch_of(pl, thread);
-    /* This chunk's partial for the group's heads starts at zero (heads are adjacent in it). */
-    for (int64_t i = 0; i < seq.sq; ++i)
-        memset(view_f(&pl->part, b, seq.q0 + i, kvh * pl->group) + c * pl->part_chunk, 0,
-               (size_t)(pl->group * p->d) * sizeof(float));
+    /* This chunk's partial for the group's heads starts at zero. */
+    for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
+        memset(view_f(&pl->part, b, seq.q0, h) + c * pl->part_chunk, 0,
+               (size_t)(seq.sq * p->d) * sizeof(float));
     int64_t blocks = ceil_div(seq.sk, BWD_BLOCK_N), chunks = pl->L.chunks;
     for (int64_t blk = c * blocks / chunks; blk < (c + 1) * blocks / chunks; ++blk)
         bwd_kv_block(pl, &sc, &seq, c, kvh, blk * BWD_BLOCK_N);
@@ -483,18 +478,14 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
     pl->group = p->nheads / p->nheads_k;
 
     char *at = (char *)align_up((size_t)ws);
-    int64_t seqlen = p->max_seqlen_q;
-    pl->part = view_f32((float *)at, seqlen, p->nheads, p->d, varlen);
-    pl->part_chunk = pl->L.rows * p->nheads * p->d;
+    int64_t seqlen = p->max_seqlen_q, rows = pl->L.rows;
+    pl->part = view_f32((float *)at, seqlen, rows, p->nheads, p->d, varlen);
+    pl->part_chunk = rows * p->nheads * p->d;
     at += pl->L.part_bytes;
-    pl->q32 = pl->q;
-    pl->do32 = pl->dout;
-    if (p->dtype != FA_DTYPE_F32) {
-        pl->q32 = view_f32((float *)at, seqlen, p->nheads, p->d, varlen);
-        at += align_up((size_t)(pl->L.rows * p->nheads * p->d) * sizeof(float));
-        pl->do32 = view_f32((float *)at, seqlen, p->nheads, p->d_v, varlen);
-        at += align_up((size_t)(pl->L.rows * p->nheads * p->d_v) * sizeof(float));
-    }
+    pl->q32 = view_f32((float *)at, seqlen, rows, p->nheads, p->d, varlen);
+    at += align_up((size_t)(rows * p->nheads * p->d) * sizeof(float));
+    pl->do32 = view_f32((float *)at, seqlen, rows, p->nheads, p->d_v, varlen);
+    at += align_up((size_t)(rows * p->nheads * p->d_v) * sizeof(float));
     pl->scratch = at;
     if (p->dropout_p > 0.0f) {
         pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
