@@ -24,6 +24,18 @@ _contexts = {}
 _contexts_lock = threading.Lock()
 
 
+# Testing aid: when True, every output buffer the engine allocates starts as NaN, so a kernel that
+# skips an element fails the tests instead of passing on leftover memory.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if POISON_OUTPUTS and t.is_floating_point():
+        t.fill_(float("nan"))
+    return t
+
+
 def round_up(x, m):
     return (x + m - 1) // m * m
 
@@ -198,11 +210,10 @@ def fwd(q, k, v, *, out=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=No
         s_k = k.shape[1]
         lse_shape = (batch, nheads, s_q)
     if out is None:
-        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=device)
-    lse = torch.empty(lse_shape, dtype=torch.float32, device=device)
+        out = new_output(q.shape[:-1] + (v.shape[-1],), q.dtype, device)
+    lse = new_output(lse_shape, torch.float32, device)
     if return_softmax:
-        s_dmask = torch.empty((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)),
-                              dtype=q.dtype, device=device)
+        s_dmask = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
     else:
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
     if rng_state is None:
@@ -274,8 +285,8 @@ def kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, rotary_cos=
                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
                   cache_leftpad=cache_leftpad, block_table=block_table, alibi_slopes=alibi_slopes, out=out)
     if out is None:
-        out = torch.empty(q.shape[:-1] + (v_cache.shape[-1],), dtype=q.dtype, device=device)
-    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=device)
+        out = new_output(q.shape[:-1] + (v_cache.shape[-1],), q.dtype, device)
+    lse = new_output((q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
     opts = _lib.make_options(
         softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
         window_right=window_right, softcap=softcap, num_splits=num_splits,

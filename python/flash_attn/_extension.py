@@ -49,7 +49,7 @@ def varlen_fwd(q, k, v, out, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, b
 
 
 def _grad_buffers(q, k, v, dq, dk, dv, zero):
-    make = torch.zeros_like if zero else torch.empty_like
+    make = torch.zeros_like if zero else (lambda x: _engine.new_output(x.shape, x.dtype, x.device))
     bufs = [make(x) if g is None else g for x, g in ((q, dq), (k, dk), (v, dv))]
     if zero:
         for g, given in zip(bufs, (dq, dk, dv)):

@@ -206,7 +206,10 @@ def candidate_paths():
     if os.environ.get("FLASHATTN_LIBRARY"):
         return [Path(os.environ["FLASHATTN_LIBRARY"])]
     here = Path(__file__).resolve().parent
-    return [here / "lib" / LIB_NAME, here.parent.parent / "build" / LIB_NAME]
+    paths = [here / "lib" / LIB_NAME]
+    if here.parent.name == "python":  # imported from the source checkout
+        paths.append(here.parent.parent / "build" / LIB_NAME)
+    return paths
 
 
 _lock = threading.Lock()

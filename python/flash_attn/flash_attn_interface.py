@@ -321,7 +321,7 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *args):
         q = ctx.saved_tensors[0]
-        dqkv = torch.empty(q.shape[:2] + (3,) + q.shape[2:], dtype=q.dtype, device=q.device)
+        dqkv = _engine.new_output(q.shape[:2] + (3,) + q.shape[2:], q.dtype, q.device)
         _dense_backward(ctx, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
         return (dqkv,) + _NONES[:9]
 
@@ -343,8 +343,8 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *args):
         q, k = ctx.saved_tensors[:2]
-        dq = torch.empty_like(q)
-        dkv = torch.empty(k.shape[:2] + (2,) + k.shape[2:], dtype=k.dtype, device=k.device)
+        dq = _engine.new_output(q.shape, q.dtype, q.device)
+        dkv = _engine.new_output(k.shape[:2] + (2,) + k.shape[2:], k.dtype, k.device)
         _dense_backward(ctx, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
         return (dq, dkv) + _NONES[:9]
 
@@ -365,7 +365,7 @@ class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *args):
         q, k, v = ctx.saved_tensors[:3]
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (_engine.new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
         _dense_backward(ctx, dout, dq, dk, dv)
         return (dq, dk, dv) + _NONES[:9]
 
