@@ -3,7 +3,7 @@
  * the persistent pool.
  *
  *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and head-major
- *             f32 copies of q and dout, so every tile operand is contiguous.
+ *             f32 copies of q, dout, k and v, so every tile operand is contiguous and streams.
  *   2. main   (parallel over (kv chunk, sequence, kv head), longest chunks first): a task owns
  *             the dK/dV of its keys, one kv block at a time, looping over the query heads of the
  *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
@@ -83,6 +83,7 @@ static inline float *view_f(const bwd_view *v, int64_t b, int64_t t, int64_t h) 
 /* ---------------------------------------------------------------- plan */
 typedef struct bwd_layout {
     int64_t rows;   /* token rows of q: b·s_q, or varlen total_q */
+    int64_t rows_k; /* token rows of k: b·s_k, or varlen total_k */
     int64_t chunks; /* kv chunks per (sequence, kv head) = dQ partials */
     size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
 } bwd_layout;
@@ -93,7 +94,7 @@ typedef struct bwd_plan {
     const fa_bwd_kernels *kern;
     bwd_layout L;
     bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
-    bwd_view q32, do32; /* f32 copies of q and dout, the tiles' operands */
+    bwd_view q32, do32, k32, v32; /* f32 copies, the tiles' operands */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
     char *scratch;      /* L.scratch_bytes per thread */
@@ -128,7 +129,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static size_t scratch_floats(const fa_problem *p) {
     size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, d = (size_t)p->d, dv = (size_t)p->d_v;
     size_t row = d > dv ? d : dv;
-    return align_up(bn * d * 4) / 4 * 3     /* k, kt, dk */
+    return align_up(bn * d * 4) / 4 * 2     /* kt, dk */
            + align_up(bn * dv * 4) / 4 * 2  /* vt, dv */
            + align_up(bm * bn * 4) / 4 * 3  /* s, dp, tc */
            + align_up(bn * 4) / 4           /* z */
@@ -137,6 +138,7 @@ static size_t scratch_floats(const fa_problem *p) {
 
 static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads, bwd_layout *L) {
     L->rows = p->varlen ? a->q.shape[0] : p->batch * p->max_seqlen_q;
+    L->rows_k = p->varlen ? a->k.shape[0] : p->batch * p->max_seqlen_k;
     size_t dq_bytes = (size_t)L->rows * (size_t)p->nheads * (size_t)p->d * sizeof(float);
     /* Enough (sequence, kv head, chunk) tasks to balance the pool, within the memory cap. */
     int64_t owners = p->batch * p->nheads_k;
@@ -147,8 +149,9 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads
     if (dq_bytes > 0 && (size_t)chunks > cap / dq_bytes) chunks = (int64_t)(cap / dq_bytes);
     L->chunks = chunks > 1 ? chunks : 1;
     L->part_bytes = align_up(dq_bytes * (size_t)L->chunks);
-    L->copy_bytes = align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d * 4) +
-                    align_up((size_t)L->rows * (size_t)p->nheads * (size_t)p->d_v * 4);
+    size_t q_row = (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4;
+    size_t k_row = (size_t)p->nheads_k * (size_t)(p->d + p->d_v) * 4;
+    L->copy_bytes = (size_t)L->rows * q_row + (size_t)L->rows_k * k_row + 4 * BWD_ALIGN;
     L->scratch_bytes = scratch_floats(p) * sizeof(float);
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
@@ -164,7 +167,6 @@ static const fa_bwd_kernels *bwd_kernels_for(fa_cpu_isa isa) {
 
 /* ---------------------------------------------------------------- scratch */
 typedef struct bwd_scratch {
-    float *k;      /* (bn, d)   the kv block's keys */
     float *kt;     /* (d, bn)   keys transposed, B operand of S = Q Kᵀ */
     float *dk;     /* (bn, d)   accumulators of the block */
     float *vt;     /* (dv, bn)  values transposed, B operand of dP = dO Vᵀ */
@@ -181,8 +183,8 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
     const size_t d = (size_t)pl->p->d, dv = (size_t)pl->p->d_v, row = d > dv ? d : dv;
     char *at = pl->scratch + pl->L.scratch_bytes * (size_t)thread;
     bwd_scratch sc;
-    float **slots[] = {&sc.k, &sc.kt, &sc.dk, &sc.vt, &sc.dv, &sc.s, &sc.dp, &sc.tc, &sc.z, &sc.row};
-    const size_t sizes[] = {bn * d, d * bn, bn * d, dv * bn, bn * dv, bm * bn, bm * bn, bm * bn, bn, row};
+    float **slots[] = {&sc.kt, &sc.dk, &sc.vt, &sc.dv, &sc.s, &sc.dp, &sc.tc, &sc.z, &sc.row};
+    const size_t sizes[] = {d * bn, bn * d, dv * bn, bn * dv, bm * bn, bm * bn, bm * bn, bn, row};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
         *slots[i] = (float *)at;
         at += align_up(sizes[i] * sizeof(float));
@@ -191,11 +193,11 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
 }
 
 /* ---------------------------------------------------------------- pass 1: prep */
-/* Token row r of q's layout as (view sequence index, token). */
-static void row_coords(const bwd_plan *pl, int64_t r, int64_t *b, int64_t *t) {
+/* Token row r of a (b·seqlen or varlen total) layout as (view sequence index, token). */
+static void row_coords(const bwd_plan *pl, int64_t r, int64_t seqlen, int64_t *b, int64_t *t) {
     bool varlen = pl->p->varlen;
-    *b = varlen ? 0 : r / pl->p->max_seqlen_q;
-    *t = varlen ? r : r % pl->p->max_seqlen_q;
+    *b = varlen ? 0 : r / seqlen;
+    *t = varlen ? r : r % seqlen;
 }
 
 /* Varlen rows outside [cu_seqlens[0], cu_seqlens[batch]) belong to no sequence. */
@@ -203,25 +205,50 @@ static bool row_in_sequences(const bwd_plan *pl, const fa_tensor *cu, int64_t t)
     return !pl->p->varlen || (t >= read_i32(cu, 0) && t < read_i32(cu, pl->p->batch));
 }
 
+/* q row: copies of q and dout, Δ = dO · O (0 outside every sequence). */
+static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
+    const fa_problem *p = pl->p;
+    int64_t b, t;
+    row_coords(pl, r, p->max_seqlen_q, &b, &t);
+    bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
+    for (int64_t h = 0; h < p->nheads; ++h) {
+        float *dout = view_f(&pl->do32, b, t, h);
+        fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
+        fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
+        fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
+        float delta = 0.0f;
+        for (int64_t c = 0; c < p->d_v; ++c) delta += dout[c] * o[c];
+        *view_f(&pl->dsum, b, t, h) = live ? delta : 0.0f;
+    }
+}
+
+/* k row: copies of k and v; varlen rows outside every sequence get zero gradients here. */
+static void prep_k_row(const bwd_plan *pl, int64_t r) {
+    const fa_problem *p = pl->p;
+    int64_t b, t;
+    row_coords(pl, r, p->max_seqlen_k, &b, &t);
+    bool live = row_in_sequences(pl, &pl->a->cu_seqlens_k, t);
+    for (int64_t h = 0; h < p->nheads_k; ++h) {
+        fa_load_row_f32(p->dtype, view_at(&pl->k, b, t, h), view_f(&pl->k32, b, t, h), p->d);
+        fa_load_row_f32(p->dtype, view_at(&pl->v, b, t, h), view_f(&pl->v32, b, t, h), p->d_v);
+        if (!live) {
+            memset(view_at(&pl->dk, b, t, h), 0, (size_t)p->d * pl->dk.esize);
+            memset(view_at(&pl->dv, b, t, h), 0, (size_t)p->d_v * pl->dv.esize);
+        }
+    }
+}
+
+/* Tasks [0, q_tasks) cover q rows, the rest k rows. */
 static void bwd_prep_task(void *arg, int64_t task, int thread) {
     const bwd_plan *pl = arg;
-    const fa_problem *p = pl->p;
+    int64_t q_tasks = ceil_div(pl->L.rows, BWD_ROWS_PER_TASK);
+    bool is_q = task < q_tasks;
+    int64_t r0 = (is_q ? task : task - q_tasks) * BWD_ROWS_PER_TASK;
+    int64_t r1 = r0 + BWD_ROWS_PER_TASK, rows = is_q ? pl->L.rows : pl->L.rows_k;
     float *o = bwd_scratch_of(pl, thread).row;
-    int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
-                                                              : pl->L.rows;
-    for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
-        int64_t b, t;
-        row_coords(pl, r, &b, &t);
-        bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
-        for (int64_t h = 0; h < p->nheads; ++h) {
-            float *dout = view_f(&pl->do32, b, t, h);
-            fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
-            fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
-            fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
-            float delta = 0.0f;
-            for (int64_t c = 0; c < p->d_v; ++c) delta += dout[c] * o[c];
-            *view_f(&pl->dsum, b, t, h) = live ? delta : 0.0f;
-        }
+    for (int64_t r = r0; r < (r1 < rows ? r1 : rows); ++r) {
+        if (is_q) prep_q_row(pl, r, o);
+        else prep_k_row(pl, r);
     }
 }
 
@@ -336,6 +363,7 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     const float *q = view_f(&pl->q32, seq->b, seq->q0 + i0, h);          /* (mi, d) */
     const float *dout = view_f(&pl->do32, seq->b, seq->q0 + i0, h);      /* (mi, dv) */
     float *dq = view_f(&pl->part, seq->b, seq->q0 + i0, h) + c * pl->part_chunk; /* (mi, d) */
+    const float *k = view_f(&pl->k32, seq->b, seq->k0 + j0, h / pl->group);     /* (nj, d) */
     const int64_t q_ld = pl->q32.ts, do_ld = pl->do32.ts, dq_ld = pl->part.ts;
     float slope = pl->p->alibi != FA_ALIBI_NONE ? alibi_slope(pl, seq->b, h) : 0.0f;
 
@@ -346,21 +374,19 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
                  sc->tc + r * bn);
     kern->gemm(nj, dv, mi, sc->s, 1, bn, dout, do_ld, sc->dv, dv, true); /* dV += (P∘Z)ᵀ dO */
     kern->gemm(nj, d, mi, sc->dp, 1, bn, q, q_ld, sc->dk, d, true);     /* dK += dSᵀ Q */
-    kern->gemm(mi, d, nj, sc->dp, bn, 1, sc->k, d, dq, dq_ld, true);    /* dQ += dS K */
+    kern->gemm(mi, d, nj, sc->dp, bn, 1, k, d, dq, dq_ld, true);        /* dQ += dS K */
 }
 
 /* ---------------------------------------------------------------- pass 2: one kv block */
-/* Keys [j0, j0 + nj) of kv head kvh into k (nj, d), kt (d, bn), vt (dv, bn). */
+/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn). */
 static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
                           int64_t kvh, int64_t j0, int64_t nj) {
     const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
+    const float *k = view_f(&pl->k32, seq->b, seq->k0 + j0, kvh); /* (nj, d) */
+    const float *v = view_f(&pl->v32, seq->b, seq->k0 + j0, kvh); /* (nj, dv) */
     for (int64_t j = 0; j < nj; ++j) {
-        float *k = sc->k + j * d;
-        fa_load_row_f32(pl->p->dtype, view_at(&pl->k, seq->b, seq->k0 + j0 + j, kvh), k, d);
-        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[c];
-        fa_load_row_f32(pl->p->dtype, view_at(&pl->v, seq->b, seq->k0 + j0 + j, kvh), sc->row,
-                        dv);
-        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = sc->row[c];
+        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
+        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
     }
 }
 
@@ -420,7 +446,7 @@ static void bwd_reduce_task(void *arg, int64_t task, int thread) {
                                                               : pl->L.rows;
     for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
         int64_t b, t;
-        row_coords(pl, r, &b, &t);
+        row_coords(pl, r, p->max_seqlen_q, &b, &t);
         bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
         for (int64_t h = 0; h < p->nheads; ++h) {
             memset(acc, 0, (size_t)p->d * sizeof(float));
@@ -430,20 +456,6 @@ static void bwd_reduce_task(void *arg, int64_t task, int thread) {
             }
             for (int64_t e = 0; e < p->d; ++e) acc[e] *= p->scale;
             fa_store_row_f32(p->dtype, acc, view_at(&pl->dq, b, t, h), p->d);
-        }
-    }
-}
-
-/* Varlen key rows outside every sequence get zero gradients rather than garbage. */
-static void zero_kv_padding(const bwd_plan *pl) {
-    const fa_problem *p = pl->p;
-    if (!p->varlen) return;
-    int64_t used0 = read_i32(&pl->a->cu_seqlens_k, 0), used1 = read_i32(&pl->a->cu_seqlens_k, p->batch);
-    for (int64_t t = 0; t < pl->a->k.shape[0]; ++t) {
-        if (t >= used0 && t < used1) continue;
-        for (int64_t h = 0; h < p->nheads_k; ++h) {
-            memset(view_at(&pl->dk, 0, t, h), 0, (size_t)p->d * pl->dk.esize);
-            memset(view_at(&pl->dv, 0, t, h), 0, (size_t)p->d_v * pl->dv.esize);
         }
     }
 }
@@ -478,14 +490,18 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
     pl->group = p->nheads / p->nheads_k;
 
     char *at = (char *)align_up((size_t)ws);
-    int64_t seqlen = p->max_seqlen_q, rows = pl->L.rows;
-    pl->part = view_f32((float *)at, seqlen, rows, p->nheads, p->d, varlen);
+    int64_t sq = p->max_seqlen_q, sk = p->max_seqlen_k, rows = pl->L.rows, rows_k = pl->L.rows_k;
+    pl->part = view_f32((float *)at, sq, rows, p->nheads, p->d, varlen);
     pl->part_chunk = rows * p->nheads * p->d;
     at += pl->L.part_bytes;
-    pl->q32 = view_f32((float *)at, seqlen, rows, p->nheads, p->d, varlen);
-    at += align_up((size_t)(rows * p->nheads * p->d) * sizeof(float));
-    pl->do32 = view_f32((float *)at, seqlen, rows, p->nheads, p->d_v, varlen);
-    at += align_up((size_t)(rows * p->nheads * p->d_v) * sizeof(float));
+    bwd_view *copies[] = {&pl->q32, &pl->do32, &pl->k32, &pl->v32};
+    const int64_t lens[] = {sq, sq, sk, sk}, nrows[] = {rows, rows, rows_k, rows_k};
+    const int64_t heads[] = {p->nheads, p->nheads, p->nheads_k, p->nheads_k};
+    const int64_t dims[] = {p->d, p->d_v, p->d, p->d_v};
+    for (int i = 0; i < 4; ++i) {
+        *copies[i] = view_f32((float *)at, lens[i], nrows[i], heads[i], dims[i], varlen);
+        at += align_up((size_t)(nrows[i] * heads[i] * dims[i]) * sizeof(float));
+    }
     pl->scratch = at;
     if (p->dropout_p > 0.0f) {
         pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
@@ -500,11 +516,11 @@ fa_status fa_cpu_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
     FA_RETURN_IF(ws_bytes < pl.L.total_bytes, FA_ERR_WORKSPACE_TOO_SMALL,
                  "cpu backward needs %zu workspace bytes (got %zu)", pl.L.total_bytes, ws_bytes);
     fa_pool *pool = fa_cpu_state_of(ctx)->pool;
-    int64_t row_tasks = ceil_div(pl.L.rows, BWD_ROWS_PER_TASK);
-    zero_kv_padding(&pl);
-    fa_pool_run(pool, row_tasks, bwd_prep_task, &pl);
+    int64_t q_tasks = ceil_div(pl.L.rows, BWD_ROWS_PER_TASK);
+    int64_t k_tasks = ceil_div(pl.L.rows_k, BWD_ROWS_PER_TASK);
+    fa_pool_run(pool, q_tasks + k_tasks, bwd_prep_task, &pl);
     fa_pool_run(pool, pl.L.chunks * p->batch * p->nheads_k, bwd_main_task, &pl);
-    fa_pool_run(pool, row_tasks, bwd_reduce_task, &pl);
+    fa_pool_run(pool, q_tasks, bwd_reduce_task, &pl);
     return FA_OK;
 }
 
