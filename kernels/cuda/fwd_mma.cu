@@ -1,0 +1,255 @@
+/*
+ * fwd_mma.cu — the sm_80+ tensor-core forward (FA2 structure, gpu_kernels.md §1).
+ *
+ * A CTA owns BM = 16 * FA_MT * FA_NWARPS query rows of one (sequence, head) and walks the key
+ * tiles of FA_BN keys it can see, last tile first (the masked ones come first). Warp w owns
+ * rows [16 * FA_MT * w, 16 * FA_MT * (w + 1)), so softmax needs no inter-warp reduction.
+ * S = Q K^T with mma.sync m16n8k16 (Q and K read by ldmatrix), P stays in registers as the
+ * A operand of O += P V (V read by ldmatrix.trans). Q, K, V tiles go global -> shared by
+ * cp.async; K of the next tile loads during softmax and PV, V during QK^T.
+ * Shared rows are padded by 16 bytes, so ldmatrix reads are free of bank conflicts.
+ *
+ * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_MT,
+ * FA_NWARPS, FA_BN, FA_DROPOUT (0/1). Needs d, d_v multiples of 8 and 16-byte aligned rows.
+ */
+#include "fa_mma.cuh"
+
+#define BM (16 * FA_MT * FA_NWARPS)
+#define NTHREADS (32 * FA_NWARPS)
+#define SK_STRIDE (FA_HD + 8) /* shared row stride of Q and K, elements */
+#define SV_STRIDE (FA_HDV + 8)
+
+/* Q rows [m0, m0 + BM) of head h -> sQ (BM, FA_HD); zeros past the sequence and past d. */
+static __device__ __forceinline__ void load_q(const fa_attn_params &p, const fa_seq &s, int m0,
+                                              int h, fa_u16 *sQ) {
+    const int chunks = FA_HD / 8;
+    for (int c = threadIdx.x; c < BM * chunks; c += NTHREADS) {
+        const int r = c / chunks, col = (c % chunks) * 8, i = m0 + r;
+        const bool valid = i < s.seqlen_q && col < p.d;
+        const fa_u16 *src = (const fa_u16 *)p.q + (valid ? FA_ROW_OFFSET(p, s, i, h, q) + col : 0);
+        fa_cp_async16(fa_smem_addr(sQ + r * SK_STRIDE + col), src, valid);
+    }
+}
+
+/* Keys [n0, n0 + FA_BN) of kv head hk -> shared (FA_BN, width); is_v selects v. */
+static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa_seq &s, int n0,
+                                               int hk, int is_v, fa_u16 *dst) {
+    const int width = is_v ? FA_HDV : FA_HD, stride = is_v ? SV_STRIDE : SK_STRIDE;
+    const int chunks = width / 8, dim = is_v ? p.d_v : p.d;
+    const fa_u16 *base = (const fa_u16 *)(is_v ? p.v : p.k);
+    for (int c = threadIdx.x; c < FA_BN * chunks; c += NTHREADS) {
+        const int r = c / chunks, col = (c % chunks) * 8, j = n0 + r;
+        const bool valid = j < s.seqlen_k && col < dim;
+        const fa_u16 *src = base + (valid ? fa_kv_offset(p, s, j, hk, is_v) + col : 0);
+        fa_cp_async16(fa_smem_addr(dst + r * stride + col), src, valid);
+    }
+}
+
+static __device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+static __device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+/* grid (ceil(max s_q / BM), h, b), block NTHREADS, dynamic smem (BM + FA_BN) * SK_STRIDE * 2 +
+ * FA_BN * SV_STRIDE * 2 bytes. */
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
+    extern __shared__ __align__(16) fa_u16 smem[];
+    fa_u16 *sQ = smem, *sK = sQ + BM * SK_STRIDE, *sV = sK + FA_BN * SK_STRIDE;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const fa_seq s = fa_seq_of(p, b);
+    if (m0 >= s.seqlen_q) return;
+    const int hk = h / (p.nheads / p.nheads_k);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wrow0 = warp * 16 * FA_MT; /* this warp's first row within the tile */
+    const float slope = fa_alibi_slope(p, b, h);
+    const bool plain = p.softcap == 0.f && slope == 0.f;
+
+    /* The key tiles some row of this CTA sees: [n_begin, n_end). */
+    const int m_last = min(m0 + BM, s.seqlen_q) - 1, diag0 = s.seqlen_k - s.seqlen_q;
+    const int j_begin = p.window_left < 0 ? 0 : max(0, m0 + diag0 - p.window_left);
+    const int j_end = p.window_right < 0 ? s.seqlen_k
+                                         : min(s.seqlen_k, m_last + diag0 + p.window_right + 1);
+    const int n_begin = j_begin / FA_BN;
+    const int n_end = j_end > j_begin ? (j_end + FA_BN - 1) / FA_BN : n_begin;
+
+    float acc_o[FA_MT][FA_HDV / 8][4];
+    float m_i[FA_MT][2], l_i[FA_MT][2];
+#pragma unroll
+    for (int mt = 0; mt < FA_MT; ++mt) {
+#pragma unroll
+        for (int nv = 0; nv < FA_HDV / 8; ++nv)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_o[mt][nv][e] = 0.f;
+        m_i[mt][0] = m_i[mt][1] = -FA_INF;
+        l_i[mt][0] = l_i[mt][1] = 0.f;
+    }
+
+    load_q(p, s, m0, h, sQ);
+    if (n_end > n_begin) load_kv(p, s, (n_end - 1) * FA_BN, hk, 0, sK);
+    fa_cp_async_commit();
+
+    for (int n = n_end - 1; n >= n_begin; --n) {
+        const int n0 = n * FA_BN;
+        fa_cp_async_wait_all();
+        __syncthreads(); /* K(n) (and Q) in shared memory */
+        load_kv(p, s, n0, hk, 1, sV);
+        fa_cp_async_commit();
+
+        /* S = Q K^T: (16 * FA_MT, FA_BN) per warp. */
+        float acc_s[FA_MT][FA_BN / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < FA_HD / 16; ++ks) {
+            unsigned a[FA_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; ++mt)
+                fa_ldmatrix_x4(a[mt], fa_smem_addr(sQ + (wrow0 + mt * 16 + (lane & 15)) * SK_STRIDE +
+                                                   ks * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int np = 0; np < FA_BN / 16; ++np) {
+                unsigned bk[4];
+                fa_ldmatrix_x4(bk, fa_smem_addr(sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *
+                                                         SK_STRIDE +
+                                                     ks * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+                for (int mt = 0; mt < FA_MT; ++mt) {
+                    fa_mma16816(acc_s[mt][2 * np], a[mt], bk[0], bk[1]);
+                    fa_mma16816(acc_s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+                }
+            }
+        }
+        fa_cp_async_wait_all();
+        __syncthreads(); /* V(n) in shared memory; every warp is done with sK */
+        if (n > n_begin) {
+            load_kv(p, s, n0 - FA_BN, hk, 0, sK);
+            fa_cp_async_commit();
+        }
+
+        /* Scores in the log2 domain; the mask only on tiles that need it. */
+        const bool full = n0 + FA_BN <= s.seqlen_k &&
+                          (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
+                          (p.window_right < 0 || n0 + FA_BN - 1 <= m0 + diag0 + p.window_right);
+#pragma unroll
+        for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
+                    const int j = n0 + nt * 8 + 2 * t + (e & 1);
+                    float x = plain ? acc_s[mt][nt][e] * p.scale_log2
+                                    : fa_score(p, s, acc_s[mt][nt][e], slope, i, j) * FA_LOG2E;
+                    if (!full && !fa_visible(p, s, i, j)) x = -FA_INF;
+                    acc_s[mt][nt][e] = x;
+                }
+
+        /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new). */
+#pragma unroll
+        for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                float mx = -FA_INF;
+#pragma unroll
+                for (int nt = 0; nt < FA_BN / 8; ++nt)
+                    mx = fmaxf(mx, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
+                const float m_new = fmaxf(m_i[mt][half], quad_max(mx));
+                const float m_use = m_new == -FA_INF ? 0.f : m_new; /* avoid -inf - -inf */
+                const float alpha = fa_exp2(m_i[mt][half] - m_use);
+                m_i[mt][half] = m_new;
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                    for (int e = 2 * half; e < 2 * half + 2; ++e) {
+                        const float pr = fa_exp2(acc_s[mt][nt][e] - m_use);
+                        acc_s[mt][nt][e] = pr;
+                        sum += pr;
+                    }
+                l_i[mt][half] = l_i[mt][half] * alpha + sum;
+#pragma unroll
+                for (int nv = 0; nv < FA_HDV / 8; ++nv) {
+                    acc_o[mt][nv][2 * half] *= alpha;
+                    acc_o[mt][nv][2 * half + 1] *= alpha;
+                }
+            }
+
+#if FA_DROPOUT
+        /* Zero the dropped probabilities (l_i keeps them; 1 / (1 - p) is applied at the end). */
+#pragma unroll
+        for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int i = m0 + wrow0 + mt * 16 + g + 8 * half, j = n0 + nt * 8 + 2 * t;
+                    const fa_philox_u32x4 w = fa_dropout_words(
+                        p.rng_seed, p.rng_offset, (fa_u32)(b * p.nheads + h), (fa_u32)i,
+                        (fa_u32)(j >> 2));
+                    if (w.x[j & 3] < p.dropout_threshold) acc_s[mt][nt][2 * half] = 0.f;
+                    if (w.x[(j & 3) + 1] < p.dropout_threshold) acc_s[mt][nt][2 * half + 1] = 0.f;
+                }
+#endif
+
+        /* O += P V: P from the S accumulators (two n8 tiles = one k16 A fragment). */
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; ++kk) {
+            unsigned a[FA_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; ++mt) {
+                a[mt][0] = fa_pack2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+                a[mt][1] = fa_pack2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+                a[mt][2] = fa_pack2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+                a[mt][3] = fa_pack2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < FA_HDV / 16; ++np) {
+                unsigned bv[4];
+                fa_ldmatrix_x4_trans(
+                    bv, fa_smem_addr(sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SV_STRIDE +
+                                     np * 16 + (lane >> 4) * 8));
+#pragma unroll
+                for (int mt = 0; mt < FA_MT; ++mt) {
+                    fa_mma16816(acc_o[mt][2 * np], a[mt], bv[0], bv[1]);
+                    fa_mma16816(acc_o[mt][2 * np + 1], a[mt], bv[2], bv[3]);
+                }
+            }
+        }
+        __syncthreads(); /* every warp is done with sV */
+    }
+
+    /* out = acc_o / l_i; lse = ln(sum exp(s)) = (m_i + log2(l_i)) * ln 2; empty rows: 0, +inf. */
+#pragma unroll
+    for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = m0 + wrow0 + mt * 16 + g + 8 * half;
+            const float l = quad_sum(l_i[mt][half]);
+            if (i >= s.seqlen_q) continue;
+            float inv = l > 0.f ? 1.f / l : 0.f;
+#if FA_DROPOUT
+            inv *= p.dropout_scale;
+#endif
+            fa_u16 *out = (fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
+#pragma unroll
+            for (int nv = 0; nv < FA_HDV / 8; ++nv) {
+                const int col = nv * 8 + 2 * t;
+                if (col < p.d_v)
+                    *(unsigned *)(out + col) = fa_pack2(acc_o[mt][nv][2 * half] * inv,
+                                                        acc_o[mt][nv][2 * half + 1] * inv);
+            }
+            if (t == 0)
+                p.lse[fa_lse_offset(p, s, i, h)] =
+                    l > 0.f ? (m_i[mt][half] + log2f(l)) * FA_LN2 : FA_INF;
+        }
+}

@@ -1,0 +1,62 @@
+/*
+ * variants.c — the kernel variants: tile tables, the -D strings that name a variant, and
+ * the list fa_precompile compiles ("every shipped variant").
+ *
+ * Shipped = what the dispatcher picks for d == d_v: the tensor-core forward for f16/bf16 at
+ * every padded head dim (32..256) with and without dropout, and the general (SIMT) forward
+ * for f32/f16/bf16 at every width. Other combinations (d != d_v) compile at first use.
+ */
+#include <stdio.h>
+
+#include "cuda_backend.h"
+
+int fa_round_hd(int64_t d) { return (int)((d + 31) / 32 * 32); }
+
+fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv) {
+    const int widest = hd > hdv ? hd : hdv;
+    /* FA2's table (gpu_kernels.md §1) shaped for one m16 tile or two per warp. */
+    if (widest <= 128) return (fa_fwd_tiles){2, 4, 64}; /* 128 x 64 */
+    return (fa_fwd_tiles){1, 4, 64};                    /* 64 x 64 */
+}
+
+unsigned fa_fwd_mma_smem(int hd, int hdv, fa_fwd_tiles t) {
+    const int bm = 16 * t.mt * t.nwarps;
+    return (unsigned)(2 * ((bm + t.bn) * (hd + 8) + t.bn * (hdv + 8)));
+}
+
+void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout) {
+    const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv);
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_MT=%d -DFA_NWARPS=%d -DFA_BN=%d "
+             "-DFA_DROPOUT=%d", dtype, hd, hdv, t.mt, t.nwarps, t.bn, dropout ? 1 : 0);
+}
+
+void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_CHUNKS=%d", dtype, (int)((d_max + 31) / 32));
+}
+
+fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
+    FA_RETURN_IF(!arch || !arch[0], FA_ERR_INVALID_ARGUMENT, "arch must be a target like \"sm_80\"");
+    FA_FORWARD_IF(fa_cuda_load_nvrtc());
+    fa_cuda_load_driver(); /* only for its version, part of the cache key; may be absent */
+    fa_clear_error();
+    FA_RETURN_IF(!fa_jit_cache_path()[0], FA_ERR_UNSUPPORTED,
+                 "cuda: precompile needs the disk cache, which is off or not writable "
+                 "(FLASHATTN_JIT_CACHE / FLASHATTN_CACHE_DIR)");
+    int count = 0;
+    char defines[256];
+    for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
+        for (int hd = 32; hd <= 256; hd += 32)
+            for (int dropout = 0; dropout <= 1; ++dropout) {
+                fa_fwd_mma_defines(defines, sizeof defines, dtype, hd, hd, dropout);
+                FA_FORWARD_IF(fa_jit_precompile_one("fwd_mma.cu", defines, arch, true));
+                ++count;
+            }
+    for (int dtype = FA_DTYPE_F32; dtype <= FA_DTYPE_BF16; ++dtype)
+        for (int d = 32; d <= 256; d += 32) {
+            fa_simt_defines(defines, sizeof defines, dtype, d);
+            FA_FORWARD_IF(fa_jit_precompile_one("fwd_simt.cu", defines, arch, true));
+            ++count;
+        }
+    if (num_variants) *num_variants = count;
+    return FA_OK;
+}
