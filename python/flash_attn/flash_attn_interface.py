@@ -301,7 +301,7 @@ def _result(out, softmax_lse, S_dmask, return_softmax):
     return (out, softmax_lse, S_dmask) if return_softmax else out
 
 
-_NONES = (None,) * 12
+_NONES = (None,) * 16
 
 
 class FlashAttnQKVPackedFunc(torch.autograd.Function):
