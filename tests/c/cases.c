@@ -319,6 +319,13 @@ static bool check_softmax_d(const fcase *fc, const char *desc) {
     return ok;
 }
 
+/* Where the plain implementation is exact (one visible key makes dS vanish), the library's
+ * D = rowsum(dout * out) (flash-attn's formula) still leaves f32 rounding noise, summed over up
+ * to max(s_q, s_k) terms like a random walk. */
+static double grad_floor(const cfg *c) {
+    return 16 * 0x1.0p-23 * sqrt((double)(c->s_q > c->s_k ? c->s_q : c->s_k));
+}
+
 bool case_check_bwd(const cfg *c) {
     char desc[256], what[320];
     cfg_describe(c, desc, sizeof desc);
@@ -335,7 +342,7 @@ bool case_check_bwd(const cfg *c) {
     if (ok) {
         for (int i = 0; i < 3; ++i) {
             snprintf(what, sizeof what, "%s %s", desc, names[i]);
-            ok = check_rule(what, &lib[i]->v, &r[i].v, &p[i].v, 3, 0) && ok;
+            ok = check_rule(what, &lib[i]->v, &r[i].v, &p[i].v, 3, grad_floor(c)) && ok;
             ok = check_padding(desc, names[i], lib[i]) && ok;
         }
         ok = check_softmax_d(&fc, desc) && ok;
