@@ -9,8 +9,9 @@
  *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
  *             f32 partial, so no two tasks ever write the same float.
  *   3. reduce (parallel over token rows): dQ = scale · Σ_chunks partial, in chunk order.
- * Every float is produced by one task in a fixed order, so the result is bit-reproducible for a
- * given thread count: deterministic mode costs nothing.
+ * Every float is produced by one task in a fixed order and the split into tasks does not depend
+ * on the thread count, so results are bit-identical across runs and thread counts:
+ * deterministic mode costs nothing.
  *
  * One tile (q rows i of head h, keys j of its kv head), all in f32:
  *   S  = Q Kᵀ; s = scale·S → softcap → + ALiBi; P = exp(s − lse), 0 where masked
@@ -31,7 +32,11 @@ enum {
     BWD_ROWS_PER_TASK = 16, /* prep and reduce */
     BWD_ALIGN = 64
 };
-/* The dQ partials may grow past one f32 copy of dQ up to this, to give idle threads work. */
+/* The main pass aims for this many tasks, splitting keys into chunks (each with its own dQ
+ * partial) when there are fewer (sequence, kv head) pairs. It does not depend on the thread
+ * count, so neither do the results. */
+#define BWD_MIN_TASKS 64
+/* The dQ partials may grow past one f32 copy of dQ up to this. */
 #define BWD_PARTIALS_MAX_BYTES ((size_t)256 << 20)
 
 /* ---------------------------------------------------------------- views */
@@ -140,9 +145,8 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads
     L->rows = p->varlen ? a->q.shape[0] : p->batch * p->max_seqlen_q;
     L->rows_k = p->varlen ? a->k.shape[0] : p->batch * p->max_seqlen_k;
     size_t dq_bytes = (size_t)L->rows * (size_t)p->nheads * (size_t)p->d * sizeof(float);
-    /* Enough (sequence, kv head, chunk) tasks to balance the pool, within the memory cap. */
     int64_t owners = p->batch * p->nheads_k;
-    int64_t want = threads > 1 ? ceil_div(4 * (int64_t)threads, owners) : 1;
+    int64_t want = ceil_div(BWD_MIN_TASKS, owners);
     int64_t kv_blocks = ceil_div(p->max_seqlen_k, BWD_BLOCK_N);
     int64_t chunks = want < kv_blocks ? want : kv_blocks;
     size_t cap = dq_bytes > BWD_PARTIALS_MAX_BYTES ? dq_bytes : BWD_PARTIALS_MAX_BYTES;
@@ -216,9 +220,7 @@ static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
         fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
         fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
         fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
-        float delta = 0.0f;
-        for (int64_t c = 0; c < p->d_v; ++c) delta += dout[c] * o[c];
-        *view_f(&pl->dsum, b, t, h) = live ? delta : 0.0f;
+        *view_f(&pl->dsum, b, t, h) = live ? pl->kern->dot(dout, o, p->d_v) : 0.0f;
     }
 }
 
@@ -538,4 +540,14 @@ static void gemm_scalar(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
-const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop};
+/* Multiply then add, as gemm_scalar does (C11 does not contract a * b + c across statements). */
+static float dot_scalar(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+        float term = a[i] * b[i];
+        acc += term;
+    }
+    return acc;
+}
+
+const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop, dot_scalar};

@@ -5,6 +5,7 @@
 #ifndef FA_CPU_BWD_H
 #define FA_CPU_BWD_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -17,6 +18,9 @@ typedef struct fa_bwd_kernels {
                  const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate);
     /* x[j] = exp(a * x[j] - b) for j < n. */
     void (*exp_affine)(float *x, int64_t n, float a, float b);
+    /* a · b over n, rounded exactly as gemm rounds one element of C (same order, same FMA use),
+     * so Δ = dO · O cancels dP = dO · V exactly where O = V (a single visible key). */
+    float (*dot)(const float *a, const float *b, int64_t n);
 } fa_bwd_kernels;
 
 extern const fa_bwd_kernels fa_bwd_kernels_scalar;
@@ -56,6 +60,13 @@ static inline float fa_bwd_expf(float x) {
 /* The exp_affine loop, instantiated by each ISA file. */
 static inline void fa_bwd_exp_affine_loop(float *x, int64_t n, float a, float b) {
     for (int64_t j = 0; j < n; ++j) x[j] = fa_bwd_expf(a * x[j] - b);
+}
+
+/* The dot of the FMA kernels: one fused multiply-add per term, in order. */
+static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; ++i) acc = fmaf(a[i], b[i], acc);
+    return acc;
 }
 
 #endif /* FA_CPU_BWD_H */

@@ -72,4 +72,6 @@ static void exp_affine_avx2(float *x, int64_t n, float a, float b) {
     fa_bwd_exp_affine_loop(x, n, a, b);
 }
 
-const fa_bwd_kernels fa_bwd_kernels_avx2 = {gemm_avx2, exp_affine_avx2};
+static float dot_avx2(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
+
+const fa_bwd_kernels fa_bwd_kernels_avx2 = {gemm_avx2, exp_affine_avx2, dot_avx2};

@@ -73,4 +73,6 @@ static void exp_affine_avx512(float *x, int64_t n, float a, float b) {
     fa_bwd_exp_affine_loop(x, n, a, b);
 }
 
-const fa_bwd_kernels fa_bwd_kernels_avx512 = {gemm_avx512, exp_affine_avx512};
+static float dot_avx512(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
+
+const fa_bwd_kernels fa_bwd_kernels_avx512 = {gemm_avx512, exp_affine_avx512, dot_avx512};
