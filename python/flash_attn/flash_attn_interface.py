@@ -291,10 +291,21 @@ def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 
 def _varlen_backward(ctx, dout, dq, dk, dv):
     q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
+    cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
     _wrapped_flash_attn_varlen_backward(
         dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
         ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal, ctx.window_size[0],
         ctx.window_size[1], ctx.softcap, ctx.alibi_slopes, ctx.deterministic, rng_state=rng_state)
+
+
+def _distinct(cu_seqlens_q, cu_seqlens_k):
+    """None when k shares q's cu_seqlens: Dynamo cannot trace autograd.Function.apply with one
+    tensor passed twice (transformers passes the same tensor for both)."""
+    return None if cu_seqlens_k is cu_seqlens_q else cu_seqlens_k
+
+
+def _shared(cu_seqlens_q, cu_seqlens_k):
+    return cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
 
 
 def _result(out, softmax_lse, S_dmask, return_softmax):
@@ -381,7 +392,7 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
             q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
             window_size, softcap, alibi_slopes, return_softmax)
         if _needs_grad(is_grad_enabled, qkv):
-            _save(ctx, (q, k, v, out, lse, cu_seqlens, cu_seqlens, rng_state), dropout_p, softmax_scale,
+            _save(ctx, (q, k, v, out, lse, cu_seqlens, None, rng_state), dropout_p, softmax_scale,
                   causal, window_size, softcap, alibi_slopes, deterministic, max_seqlen_q=max_seqlen,
                   max_seqlen_k=max_seqlen)
         return _result(out, lse, S_dmask, return_softmax)
@@ -404,7 +415,7 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         softmax_scale = _scale(softmax_scale, q)
         k, v = kv[:, 0], kv[:, 1]
         out, lse, S_dmask, rng_state = _varlen_forward(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+            q, k, v, cu_seqlens_q, _shared(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
             causal, window_size, softcap, alibi_slopes, return_softmax)
         if _needs_grad(is_grad_enabled, q, kv):
             _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
@@ -429,7 +440,7 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
         softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _varlen_forward(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+            q, k, v, cu_seqlens_q, _shared(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
             causal, window_size, softcap, alibi_slopes, return_softmax, block_table=block_table)
         if _needs_grad(is_grad_enabled, q, k, v):
             _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
@@ -572,7 +583,7 @@ def flash_attn_varlen_kvpacked_func(
     Masks use each sequence's own lengths. Other arguments as flash_attn_kvpacked_func.
     """
     return FlashAttnVarlenKVPackedFunc.apply(
-        q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        q, kv, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
         causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
         torch.is_grad_enabled())
 
@@ -603,7 +614,7 @@ def flash_attn_varlen_func(
     headdim) with any page_size >= 1; forward only. Other arguments as flash_attn_func.
     """
     return FlashAttnVarlenFunc.apply(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+        q, k, v, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
         causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
         block_table, torch.is_grad_enabled())
 
