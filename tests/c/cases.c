@@ -69,12 +69,7 @@ static int64_t build_pages(const cfg *c, fcase *fc, int64_t *max_blocks) {
     for (int64_t b = 0; b < c->batch; ++b)
         need += (fc->cu_k[b + 1] - fc->cu_k[b] + ps - 1) / ps;
     int64_t num_blocks = need + 2;
-    int64_t *perm = malloc(sizeof(int64_t) * (size_t)num_blocks);
-    for (int64_t i = 0; i < num_blocks; ++i) perm[i] = i;
-    for (int64_t i = num_blocks - 1; i > 0; --i) {
-        int64_t j = rng_int(0, i), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
+    int64_t *perm = rng_permutation(num_blocks);
     fc->block_table = malloc(sizeof(int32_t) * (size_t)(c->batch * *max_blocks));
     int64_t next = 0;
     for (int64_t b = 0; b < c->batch; ++b) {
@@ -148,10 +143,7 @@ fcase case_make(const cfg *c) {
     tt_randn(&fc.k, 1.0);
     tt_randn(&fc.v, 1.0);
     if (c->alibi) {
-        fc.alibi = c->alibi == 1 ? TT(FA_DTYPE_F32, 0, c->h) : TT(FA_DTYPE_F32, 0, B, c->h);
-        int64_t idx[FA_MAX_DIMS];
-        for (int64_t n = 0; n < tt_numel(&fc.alibi.v); ++n)
-            tt_unravel(&fc.alibi.v, n, idx), tt_set(&fc.alibi.v, idx, 0.3 * rng_uniform());
+        fc.alibi = alibi_slopes(c->alibi == 2, B, c->h);
         f->alibi_slopes = fc.alibi.v;
     }
     if (c->probs) {

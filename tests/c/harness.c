@@ -72,6 +72,16 @@ int64_t rng_int(int64_t lo, int64_t hi) {
     return lo + (int64_t)(rng_u64() % (uint64_t)(hi - lo + 1));
 }
 
+int64_t *rng_permutation(int64_t n) {
+    int64_t *perm = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    for (int64_t i = 0; i < n; ++i) perm[i] = i;
+    for (int64_t i = n - 1; i > 0; --i) {
+        int64_t j = rng_int(0, i), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    return perm;
+}
+
 static uint64_t hash_name(const char *s) {
     uint64_t h = 1469598103934665603ull;
     for (; *s; ++s) h = (h ^ (unsigned char)*s) * 1099511628211ull;
@@ -474,5 +484,12 @@ fa_tensor i32_tensor(int32_t *data, int ndim, int64_t n0, int64_t n1) {
         t.shape[1] = n1;
         t.stride[1] = 1;
     }
+    return t;
+}
+
+tt alibi_slopes(bool per_batch, int64_t batch, int64_t nheads) {
+    tt t = per_batch ? TT(FA_DTYPE_F32, 0, batch, nheads) : TT(FA_DTYPE_F32, 0, nheads);
+    int64_t idx[FA_MAX_DIMS];
+    FOR_EACH_ELEMENT(&t.v, idx) tt_set(&t.v, idx, 0.3 * rng_uniform());
     return t;
 }

@@ -62,6 +62,7 @@ double rng_uniform(void);           /* [0, 1) */
 double rng_normal(void);            /* N(0, 1) */
 int64_t rng_int(int64_t lo, int64_t hi); /* uniform in [lo, hi] */
 uint64_t test_seed(void);
+int64_t *rng_permutation(int64_t n); /* a random permutation of 0..n-1; free() it */
 
 /* ---------------------------------------------------------------- dtypes */
 #define TT_F64 100
@@ -128,5 +129,8 @@ bool check_close(const char *what, const fa_tensor *lib, const fa_tensor *ref, d
 /* Workspace sized by the library; freed with free(). */
 void *alloc_workspace(size_t bytes);
 fa_tensor i32_tensor(int32_t *data, int ndim, int64_t n0, int64_t n1); /* contiguous */
+/* ALiBi slopes as flash-attn's tests draw them (0.3 * U[0, 1)): f32 (h), or (b, h) when
+ * per_batch. */
+tt alibi_slopes(bool per_batch, int64_t batch, int64_t nheads);
 
 #endif /* FA_TEST_HARNESS_H */
