@@ -107,7 +107,7 @@ static __device__ __forceinline__ fa_seq fa_seq_of(const fa_attn_params &p, int 
     }
     int len_k;
     if (p.seqlens_k) {
-        len_k = p.seqlens_k[b];
+        len_k = p.seqlens_k[b] + p.seqlen_new;
     } else if (p.seqused_k) {
         len_k = p.seqused_k[b];
     } else if (p.cu_seqlens_k) {

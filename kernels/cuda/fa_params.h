@@ -32,7 +32,7 @@ typedef struct fa_attn_params {
     const fa_i32 *seqused_k, *leftpad_k;       /* optional */
     const fa_i32 *block_table;                 /* paged, else NULL */
     const fa_i32 *batch_idx;                   /* kvcache: cache row of sequence b, else NULL */
-    const fa_i32 *seqlens_k;                   /* kvcache: explicit key count per sequence */
+    const fa_i32 *seqlens_k;                   /* kvcache: cache_seqlens (+ seqlen_new) */
     const float *alibi;                        /* optional slopes */
     /* backward */
     const void *dout;
@@ -40,6 +40,9 @@ typedef struct fa_attn_params {
     float *softmax_d;       /* bwd: rowsum(dout * out), layout of lse */
     float *dq_accum;        /* bwd: f32 (nsplits, total_q rows, h, d) workspace */
     float *dk_accum, *dv_accum; /* bwd: f32 (total_k rows, h_k, d|d_v) workspace */
+    /* kvcache */
+    const void *k_new, *v_new;
+    const void *rotary_cos, *rotary_sin;       /* (s_ro, rotary_dim / 2) */
 
     fa_i64 q_batch_stride, q_row_stride, q_head_stride;
     fa_i64 k_batch_stride, k_row_stride, k_head_stride; /* paged: batch stride = page stride */
@@ -50,6 +53,10 @@ typedef struct fa_attn_params {
     fa_i64 dk_batch_stride, dk_row_stride, dk_head_stride;
     fa_i64 dv_batch_stride, dv_row_stride, dv_head_stride;
     fa_i64 lse_batch_stride, lse_head_stride;
+    fa_i64 knew_batch_stride, knew_row_stride, knew_head_stride;
+    fa_i64 vnew_batch_stride, vnew_row_stride, vnew_head_stride;
+    fa_i64 cos_row_stride, sin_row_stride;
+    fa_i64 sd_batch_stride, sd_head_stride; /* softmax_d, laid out like lse */
     fa_i64 probs_batch_stride, probs_head_stride, probs_row_stride;
     fa_i64 block_table_batch_stride;
     fa_i64 alibi_batch_stride;  /* 0 for per-head slopes */
@@ -70,7 +77,10 @@ typedef struct fa_attn_params {
     float dropout_scale;       /* 1 / (1 - p) */
     unsigned int dropout_threshold;
     fa_i32 probs_rows, probs_cols; /* attn_probs extent (shape[2], shape[3]) */
-    fa_i32 pad_;
+    fa_i32 vec_io;             /* rows are 16-byte aligned, d and d_v multiples of 8 */
+    fa_i32 seqlen_new;         /* kvcache: keys appended this call (added to seqlens_k[b]) */
+    fa_i32 rotary_dim;         /* kvcache: 0 = no rotary */
+    fa_i32 rotary_interleaved;
 } fa_attn_params;
 
 #endif /* FA_PARAMS_H */

@@ -10,7 +10,9 @@
  * Shared rows are padded by 16 bytes, so ldmatrix reads are free of bank conflicts.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_MT,
- * FA_NWARPS, FA_BN, FA_DROPOUT (0/1). Needs d, d_v multiples of 8 and 16-byte aligned rows.
+ * FA_NWARPS, FA_BN, FA_DROPOUT (0/1). Any d, d_v and strides: with p.vec_io (16-byte aligned
+ * rows, d and d_v multiples of 8) tiles move by cp.async, otherwise element by element; the
+ * arithmetic is the same either way, so a strided call gives the bits of a contiguous one.
  */
 #include "fa_mma.cuh"
 
@@ -19,15 +21,26 @@
 #define SK_STRIDE (FA_HD + 8) /* shared row stride of Q and K, elements */
 #define SV_STRIDE (FA_HDV + 8)
 
+/* 8 elements global -> shared, of which the first n_valid exist (zeros after them). */
+static __device__ __forceinline__ void copy8(fa_u16 *dst, const fa_u16 *src, int n_valid,
+                                             bool vec) {
+    if (vec) {
+        fa_cp_async16(fa_smem_addr(dst), src, n_valid > 0); /* n_valid is 0 or 8 here */
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = e < n_valid ? src[e] : (fa_u16)0;
+    }
+}
+
 /* Q rows [m0, m0 + BM) of head h -> sQ (BM, FA_HD); zeros past the sequence and past d. */
 static __device__ __forceinline__ void load_q(const fa_attn_params &p, const fa_seq &s, int m0,
                                               int h, fa_u16 *sQ) {
     const int chunks = FA_HD / 8;
     for (int c = threadIdx.x; c < BM * chunks; c += NTHREADS) {
         const int r = c / chunks, col = (c % chunks) * 8, i = m0 + r;
-        const bool valid = i < s.seqlen_q && col < p.d;
-        const fa_u16 *src = (const fa_u16 *)p.q + (valid ? FA_ROW_OFFSET(p, s, i, h, q) + col : 0);
-        fa_cp_async16(fa_smem_addr(sQ + r * SK_STRIDE + col), src, valid);
+        const int n_valid = i < s.seqlen_q ? min(8, max(0, p.d - col)) : 0;
+        const fa_u16 *src = (const fa_u16 *)p.q + (n_valid ? FA_ROW_OFFSET(p, s, i, h, q) + col : 0);
+        copy8(sQ + r * SK_STRIDE + col, src, n_valid, p.vec_io);
     }
 }
 
@@ -39,9 +52,9 @@ static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa
     const fa_u16 *base = (const fa_u16 *)(is_v ? p.v : p.k);
     for (int c = threadIdx.x; c < FA_BN * chunks; c += NTHREADS) {
         const int r = c / chunks, col = (c % chunks) * 8, j = n0 + r;
-        const bool valid = j < s.seqlen_k && col < dim;
-        const fa_u16 *src = base + (valid ? fa_kv_offset(p, s, j, hk, is_v) + col : 0);
-        fa_cp_async16(fa_smem_addr(dst + r * stride + col), src, valid);
+        const int n_valid = j < s.seqlen_k ? min(8, max(0, dim - col)) : 0;
+        const fa_u16 *src = base + (n_valid ? fa_kv_offset(p, s, j, hk, is_v) + col : 0);
+        copy8(dst + r * stride + col, src, n_valid, p.vec_io);
     }
 }
 
@@ -244,9 +257,13 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
 #pragma unroll
             for (int nv = 0; nv < FA_HDV / 8; ++nv) {
                 const int col = nv * 8 + 2 * t;
-                if (col < p.d_v)
-                    *(unsigned *)(out + col) = fa_pack2(acc_o[mt][nv][2 * half] * inv,
-                                                        acc_o[mt][nv][2 * half + 1] * inv);
+                const float x0 = acc_o[mt][nv][2 * half] * inv, x1 = acc_o[mt][nv][2 * half + 1] * inv;
+                if (p.vec_io) {
+                    if (col < p.d_v) *(unsigned *)(out + col) = fa_pack2(x0, x1);
+                } else { /* same rounding as fa_pack2 */
+                    if (col < p.d_v) out[col] = fa_from_float(x0);
+                    if (col + 1 < p.d_v) out[col + 1] = fa_from_float(x1);
+                }
             }
             if (t == 0)
                 p.lse[fa_lse_offset(p, s, i, h)] =

@@ -70,6 +70,11 @@ fa_status fa_cuda_kvcache_workspace(fa_context *ctx, const fa_problem *p,
 fa_status fa_cuda_kvcache(fa_context *ctx, const fa_problem *p, const fa_kvcache_args *a,
                           void *ws, size_t ws_bytes);
 
+/* The attention kernel (fwd.c) over the sequences params describes; context already current. */
+fa_status fa_cuda_attention(fa_context *ctx, const fa_problem *p, const fa_attn_params *params);
+/* Whether every non-last stride is a multiple of 8 elements and data is 16-byte aligned. */
+bool fa_cuda_rows_aligned(const fa_tensor *t);
+
 /* The options shared by every operation (scale, window, softcap, ALiBi mode, dropout). */
 void fa_cuda_fill_common(const fa_problem *p, fa_attn_params *params);
 /* Strides of a (b, s, h, d) or varlen (total, h, d) tensor into batch/row/head strides. */

@@ -1,8 +1,7 @@
 /*
  * fwd.c — the forward: fills the parameter block from the validated problem and picks the
- * tensor-core kernel (f16/bf16, d and d_v multiples of 8, 16-byte aligned rows) or the
- * general SIMT kernel (f32 and everything else). attn_probs come from a second kernel that
- * reads the final lse.
+ * tensor-core kernel (f16/bf16, any layout) or the SIMT kernel (f32). attn_probs come from a
+ * second kernel that reads the final lse.
  */
 #include <math.h>
 #include <string.h>
@@ -58,6 +57,20 @@ static void fill_lse(const fa_tensor *lse, bool varlen, fa_attn_params *params) 
     params->lse_head_stride = varlen ? lse->stride[0] : lse->stride[1];
 }
 
+/* Rows of 16-bit elements that cp.async can move 16 bytes at a time. */
+bool fa_cuda_rows_aligned(const fa_tensor *t) {
+    if ((uintptr_t)t->data % 16 != 0) return false;
+    for (int i = 0; i < t->ndim - 1; ++i)
+        if (t->stride[i] % 8 != 0) return false;
+    return true;
+}
+
+/* Whether tiles can move 16 bytes at a time (cp.async) rather than element by element. */
+static bool vector_io(const fa_problem *p, const fa_fwd_args *a) {
+    return p->d % 8 == 0 && p->d_v % 8 == 0 && fa_cuda_rows_aligned(&a->q) && fa_cuda_rows_aligned(&a->k) &&
+           fa_cuda_rows_aligned(&a->v) && fa_cuda_rows_aligned(&a->out);
+}
+
 static fa_attn_params fwd_params(const fa_problem *p, const fa_fwd_args *a) {
     fa_attn_params params;
     memset(&params, 0, sizeof params);
@@ -98,21 +111,8 @@ static fa_attn_params fwd_params(const fa_problem *p, const fa_fwd_args *a) {
         params.probs_cols = (fa_i32)a->attn_probs.shape[3];
     }
     params.total_q = p->varlen ? a->q.shape[0] : a->q.shape[0] * a->q.shape[1];
+    params.vec_io = vector_io(p, a);
     return params;
-}
-
-/* Rows of 16-bit elements that cp.async can move 16 bytes at a time. */
-static bool rows_aligned(const fa_tensor *t) {
-    if ((uintptr_t)t->data % 16 != 0) return false;
-    for (int i = 0; i < t->ndim - 1; ++i)
-        if (t->stride[i] % 8 != 0) return false;
-    return true;
-}
-
-static bool use_mma(const fa_problem *p, const fa_fwd_args *a) {
-    return (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) && p->d % 8 == 0 &&
-           p->d_v % 8 == 0 && rows_aligned(&a->q) && rows_aligned(&a->k) &&
-           rows_aligned(&a->v) && rows_aligned(&a->out);
 }
 
 fa_status fa_cuda_fwd_workspace(fa_context *ctx, const fa_problem *p, const fa_fwd_args *a,
@@ -124,13 +124,12 @@ fa_status fa_cuda_fwd_workspace(fa_context *ctx, const fa_problem *p, const fa_f
 
 static unsigned ceil_div(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
-fa_status fa_cuda_fwd(fa_context *ctx, const fa_problem *p, const fa_fwd_args *a, void *ws,
-                      size_t ws_bytes) {
-    (void)ws, (void)ws_bytes;
-    const fa_attn_params params = fwd_params(p, a);
+/* The attention kernel for params (tensor-core for f16/bf16, SIMT for f32); the caller has made
+ * the context current. */
+fa_status fa_cuda_attention(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
     fa_launch l;
     memset(&l, 0, sizeof l);
-    if (use_mma(p, a)) {
+    if (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) {
         const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
         const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv);
         l.program = "fwd_mma.cu";
@@ -148,17 +147,26 @@ fa_status fa_cuda_fwd(fa_context *ctx, const fa_problem *p, const fa_fwd_args *a
     }
     l.grid[1] = (unsigned)p->nheads;
     l.grid[2] = (unsigned)p->batch;
+    return fa_cuda_launch(ctx, &l, params);
+}
+
+fa_status fa_cuda_fwd(fa_context *ctx, const fa_problem *p, const fa_fwd_args *a, void *ws,
+                      size_t ws_bytes) {
+    (void)ws, (void)ws_bytes;
+    const fa_attn_params params = fwd_params(p, a);
     fa_cuda_scope scope;
     FA_FORWARD_IF(fa_cuda_enter(ctx, &scope));
-    fa_status status = fa_cuda_launch(ctx, &l, &params);
+    fa_status status = fa_cuda_attention(ctx, p, &params);
     if (status == FA_OK && p->return_probs) {
-        fa_launch probs = l;
+        fa_launch probs;
+        memset(&probs, 0, sizeof probs);
         probs.program = "fwd_simt.cu";
         probs.kernel = "fa_fwd_probs";
         fa_simt_defines(probs.defines, sizeof probs.defines, p->dtype, p->d);
         probs.grid[0] = (unsigned)params.probs_rows;
+        probs.grid[1] = (unsigned)p->nheads;
+        probs.grid[2] = (unsigned)p->batch;
         probs.block = 128;
-        probs.smem = 0;
         status = fa_cuda_launch(ctx, &probs, &params);
     }
     fa_cuda_leave(&scope);

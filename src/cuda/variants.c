@@ -3,8 +3,9 @@
  * the list fa_precompile compiles ("every shipped variant").
  *
  * Shipped = what the dispatcher picks for d == d_v: the tensor-core forward for f16/bf16 at
- * every padded head dim (32..256) with and without dropout, and the general (SIMT) forward
- * for f32/f16/bf16 at every width. Other combinations (d != d_v) compile at first use.
+ * every padded head dim (32..256) with and without dropout, and the SIMT forward (f32 and
+ * attn_probs) and backward for f32/f16/bf16 at every width. Other combinations (d != d_v in
+ * the tensor-core forward) compile at first use.
  */
 #include <stdio.h>
 
@@ -51,12 +52,19 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
                 FA_FORWARD_IF(fa_jit_precompile_one("fwd_mma.cu", defines, arch, true));
                 ++count;
             }
-    for (int dtype = FA_DTYPE_F32; dtype <= FA_DTYPE_BF16; ++dtype)
-        for (int d = 32; d <= 256; d += 32) {
-            fa_simt_defines(defines, sizeof defines, dtype, d);
-            FA_FORWARD_IF(fa_jit_precompile_one("fwd_simt.cu", defines, arch, true));
-            ++count;
-        }
+    static const char *const simt_programs[] = {"fwd_simt.cu", "bwd_simt.cu"};
+    for (int prog = 0; prog < 2; ++prog)
+        for (int dtype = FA_DTYPE_F32; dtype <= FA_DTYPE_BF16; ++dtype)
+            for (int d = 32; d <= 256; d += 32) {
+                fa_simt_defines(defines, sizeof defines, dtype, d);
+                FA_FORWARD_IF(fa_jit_precompile_one(simt_programs[prog], defines, arch, true));
+                ++count;
+            }
+    for (int dtype = FA_DTYPE_F32; dtype <= FA_DTYPE_BF16; ++dtype) {
+        snprintf(defines, sizeof defines, "-DFA_DTYPE=%d", dtype);
+        FA_FORWARD_IF(fa_jit_precompile_one("kvcache.cu", defines, arch, true));
+        ++count;
+    }
     if (num_variants) *num_variants = count;
     return FA_OK;
 }

@@ -1,0 +1,40 @@
+#!/bin/bash
+# run_device.sh [steps...] — builds libflashattn and runs the GPU checks on a machine with a
+# GPU (the lent H100). Logs go to $OUT (default /tmp/fa-gpu-out). Steps (default: build test):
+#   build      cmake build of the library and tests/gpu
+#   test       the C grid on the cuda backend (gpu_test_fwd, and bwd/kvcache/dropout if built)
+#   sanitize   compute-sanitizer memcheck + racecheck on the quick grid (FA_TEST_QUICK=1)
+#   precompile precompile_check sm_80 sm_90a
+#   bench      bench_cuda.py (needs torch): ours vs SDPA FLASH / CUDNN
+set -o pipefail
+OUT=${OUT:-/tmp/fa-gpu-out}
+mkdir -p "$OUT"
+B=build-gpu
+export FLASHATTN_CACHE_DIR=${FLASHATTN_CACHE_DIR:-/tmp/fa-jit}
+steps=${*:-build test}
+rc=0
+for step in $steps; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
+      cmake -S . -B $B -DFA_BUILD_BENCH=OFF > "$OUT/build.log" 2>&1 &&
+        cmake --build $B -j16 >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; } ;;
+    test)
+      for t in $B/tests/gpu/gpu_test_*; do
+        "$t" 2>&1 | tee "$OUT/$(basename "$t").log" | grep -E "^(seed|cuda|FAIL|SKIP|ok|PASS)|passed|failed|error" | head -60
+        r=${PIPESTATUS[0]}; echo "$(basename "$t") exit $r"; [ "$r" = 0 ] || rc=1
+      done ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        FA_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 3 $B/tests/gpu/gpu_test_fwd ${SAN_FILTER:-} \
+          > "$OUT/sanitize_$tool.log" 2>&1
+        r=$?; echo "compute-sanitizer $tool exit $r"; tail -3 "$OUT/sanitize_$tool.log"; [ "$r" = 0 ] || rc=1
+      done ;;
+    precompile)
+      FLASHATTN_CACHE_DIR=/tmp/fa-jit-pre $B/tests/gpu/precompile_check --require-nvrtc sm_80 sm_90a || rc=1 ;;
+    bench)
+      python3 tests/gpu/bench_cuda.py 2>&1 | tee "$OUT/bench.log" | tail -60 || rc=1 ;;
+  esac
+done
+exit $rc
