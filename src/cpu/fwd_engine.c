@@ -23,26 +23,39 @@ typedef struct fa_item {
     int64_t cost;          /* kv blocks visited, for longest-first ordering */
 } fa_item;
 
+/* An item's rows are processed as up to FA_SUB tiles of <= FA_MAX_M stacked rows (q heads x
+ * q rows) that share each packed kv block; a tile skips the blocks it cannot see. */
+#define FA_SUB 4
+
 typedef struct fa_layout {
     int64_t d_pad, dv_pad;
-    int64_t ng_max, nq_max; /* rows of an item: ng q heads x nq q rows <= FA_MAX_M */
+    int64_t ng_max, nq_max; /* rows of a tile: ng q heads x nq q rows <= FA_MAX_M */
     int64_t max_items, splits;
     size_t seqs_off, items_off, partial_off, scratch_off, scratch_bytes, total;
 } fa_layout;
 
-/* Per-thread scratch regions (floats). */
+/* Per-thread scratch regions (floats); qop, acc, m and l hold FA_SUB tiles. */
 typedef struct fa_scratch {
     float *qf, *qop, *kf, *kp, *vf, *vp, *s, *acc, *m, *l;
 } fa_scratch;
+
+/* One tile of an item: its rows (as an item of its own) and its online-softmax state. */
+typedef struct fa_tile {
+    fa_item rows;
+    float *qop; /* [m][d_pad] kernel operand */
+    float *acc; /* [m][dv_pad] */
+    float *m, *l;
+} fa_tile;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
-    const int64_t sizes[] = {FA_MAX_M * L->d_pad,     FA_MAX_M * L->d_pad,      FA_BLOCK_N * L->d_pad,
-                             FA_BLOCK_N * L->d_pad,   FA_BLOCK_N * L->dv_pad,   FA_BLOCK_N * L->dv_pad,
-                             FA_MAX_M * FA_BLOCK_N,   FA_MAX_M * L->dv_pad,     FA_MAX_M,
-                             FA_MAX_M};
+    const int64_t rows = FA_SUB * FA_MAX_M;
+    const int64_t sizes[] = {FA_MAX_M * L->d_pad,   rows * L->d_pad,        FA_BLOCK_N * L->d_pad,
+                             FA_BLOCK_N * L->d_pad, FA_BLOCK_N * L->dv_pad, FA_BLOCK_N * L->dv_pad,
+                             FA_MAX_M * FA_BLOCK_N, rows * L->dv_pad,       rows,
+                             rows};
     size_t off = 0;
     for (size_t r = 0; r < sizeof sizes / sizeof sizes[0]; ++r) {
         if (regions) regions[r] = (float *)(base + off);
@@ -72,14 +85,16 @@ static fa_layout make_layout(const fa_problem *p, int threads, int64_t total_q) 
     int64_t group = p->nheads / p->nheads_k;
     L.ng_max = group < FA_MAX_M ? group : FA_MAX_M;
     L.nq_max = FA_MAX_M / L.ng_max;
-    int64_t row_blocks = p->varlen ? ceil_div(total_q, L.nq_max) + p->batch
-                                   : p->batch * ceil_div(p->max_seqlen_q, L.nq_max);
+    int64_t item_rows = L.nq_max * FA_SUB;
+    int64_t row_blocks = p->varlen ? ceil_div(total_q, item_rows) + p->batch
+                                   : p->batch * ceil_div(p->max_seqlen_q, item_rows);
     L.max_items = row_blocks * p->nheads_k * ceil_div(group, L.ng_max);
     L.splits = choose_splits(p, threads, L.max_items);
     L.seqs_off = 0;
     L.items_off = align64((size_t)p->batch * sizeof(fa_seq));
     L.partial_off = L.items_off + align64((size_t)L.max_items * sizeof(fa_item));
-    size_t partial = L.splits > 1 ? (size_t)(L.max_items * L.splits * FA_MAX_M * (L.dv_pad + 1)) : 0;
+    size_t partial =
+        L.splits > 1 ? (size_t)(L.max_items * L.splits * FA_SUB * FA_MAX_M * (L.dv_pad + 1)) : 0;
     L.scratch_off = L.partial_off + align64(partial * sizeof(float));
     L.scratch_bytes = scratch_floats(&L, NULL, NULL);
     L.total = L.scratch_off + L.scratch_bytes * (size_t)threads + 64; /* + 64: base alignment */
@@ -135,10 +150,11 @@ static int64_t build_items(const fa_attn_plan *pl, const fa_layout *L, fa_item *
         const fa_seq *sq = &pl->seqs[b];
         for (int64_t hk = 0; hk < p->nheads_k; ++hk)
             for (int64_t g0 = 0; g0 < group; g0 += L->ng_max)
-                for (int64_t i0 = 0; i0 < sq->s_q; i0 += L->nq_max) {
+                for (int64_t i0 = 0; i0 < sq->s_q; i0 += L->nq_max * FA_SUB) {
+                    int64_t nq = sq->s_q - i0 < L->nq_max * FA_SUB ? sq->s_q - i0 : L->nq_max * FA_SUB;
                     fa_item it = {(int32_t)b, (int32_t)hk, (int32_t)g0,
                                   (int32_t)(group - g0 < L->ng_max ? group - g0 : L->ng_max), i0,
-                                  sq->s_q - i0 < L->nq_max ? sq->s_q - i0 : L->nq_max, 0};
+                                  nq, 0};
                     int64_t lo, hi;
                     item_key_range(p, sq, &it, &lo, &hi);
                     it.cost = hi > lo ? ceil_div(hi, FA_BLOCK_N) - lo / FA_BLOCK_N : 0;
@@ -207,22 +223,23 @@ void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_
         for (int64_t t = 0; t < p->rotary_dim; ++t) x[t] = fa_bf16_to_f32(fa_f32_to_bf16(x[t]));
 }
 
-/* Q tile of the item: qf[r][d_pad] f32 (rotated when asked), then the kernel's operand. */
-static void load_q(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t m) {
+/* Q rows of a tile: qf[r][d_pad] f32 (rotated when asked), then the kernel's operand. */
+static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
     const fa_attn_plan *pl = run->pl;
+    const fa_item *it = &t->rows;
     const fa_seq *sq = &pl->seqs[it->b];
-    int64_t d = pl->p->d, d_pad = run->L->d_pad;
+    int64_t d = pl->p->d, d_pad = run->L->d_pad, m = (int64_t)it->ng * it->nq;
     for (int64_t r = 0; r < m; ++r) {
         int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
         const char *src = pl->q + (sq->q_off + i * pl->q_row + h * pl->q_head) * (int64_t)run->esize;
-        float *dst = w->qf + r * d_pad;
-        fa_load_row_f32(pl->p->dtype, src, dst, d);
+        float *dst = qf + r * d_pad;
+        run->kern->load_row(pl->p->dtype, src, dst, d);
         for (int64_t c = d; c < d_pad; ++c) dst[c] = 0.0f;
         if (pl->p->rotary_dim > 0)
             fa_rotate_row(pl->p, pl->rot_cos, pl->rot_sin, pl->rot_row, dst,
                           sq->rotary_pos + (pl->rot_q_per_row ? i : 0));
     }
-    run->kern->prep_q(w->qf, (int)m, (int)d, (int)d_pad, w->qop);
+    run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
 }
 
 /* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded). */
@@ -236,10 +253,10 @@ static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, i
         float *kd = w->kf + j * d_pad, *vd = w->vf + j * dv_pad;
         int64_t kc = 0, vc = 0;
         if (j < n) {
-            fa_load_row_f32(p->dtype, key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page,
-                                              it->hk * pl->k_head, j0 + j), kd, p->d);
-            fa_load_row_f32(p->dtype, key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page,
-                                              it->hk * pl->v_head, j0 + j), vd, p->d_v);
+            run->kern->load_row(p->dtype, key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page,
+                                                  it->hk * pl->k_head, j0 + j), kd, p->d);
+            run->kern->load_row(p->dtype, key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page,
+                                                  it->hk * pl->v_head, j0 + j), vd, p->d_v);
             kc = p->d;
             vc = p->d_v;
         }
@@ -252,11 +269,11 @@ static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, i
 
 /* ---------------------------------------------------------------- score epilogues */
 /* Scores of the tile into base 2 with softcap, ALiBi and masks (the general path). */
-static void scores_full(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+static void scores_full(const fa_run *run, const fa_item *it, float *s, int64_t j0) {
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
-    for (int64_t r = 0; r < m; ++r) {
+    for (int64_t r = 0; r < (int64_t)it->ng * it->nq; ++r) {
         int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
         int64_t lo = key_lo(p, sq, i), hi = key_hi(p, sq, i), diag = i + sq->s_k - sq->s_q;
         float slope = pl->alibi ? pl->alibi[it->b * pl->alibi_batch + h] : 0.0f;
@@ -277,10 +294,10 @@ static void scores_full(const fa_run *run, const fa_item *it, float *s, int64_t 
 }
 
 /* Raw scores stay raw; invisible keys become -inf (boundary blocks only). */
-static void scores_mask(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+static void scores_mask(const fa_run *run, const fa_item *it, float *s, int64_t j0) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[it->b];
-    for (int64_t r = 0; r < m; ++r) {
+    for (int64_t r = 0; r < (int64_t)it->ng * it->nq; ++r) {
         int64_t i = it->i0 + r % it->nq;
         int64_t lo = key_lo(p, sq, i) - j0, hi = key_hi(p, sq, i) - j0;
         float *row = s + r * FA_BLOCK_N;
@@ -298,40 +315,40 @@ static bool block_needs_mask(const fa_problem *p, const fa_seq *sq, const fa_ite
 
 /* ---------------------------------------------------------------- softmax, dropout */
 /* One kv block's online-softmax update of every row; s becomes P (unnormalised, base 2). */
-static void online_softmax(const fa_run *run, const fa_scratch *w, int64_t m, float c) {
+static void online_softmax(const fa_run *run, float *s, const fa_tile *t, float c) {
     int64_t dv_pad = run->L->dv_pad;
-    for (int64_t r = 0; r < m; ++r) {
-        float *row = w->s + r * FA_BLOCK_N;
+    for (int64_t r = 0; r < (int64_t)t->rows.ng * t->rows.nq; ++r) {
+        float *row = s + r * FA_BLOCK_N;
         float m_blk = run->kern->row_max(row, FA_BLOCK_N) * c;
-        float m_new = m_blk > w->m[r] ? m_blk : w->m[r];
+        float m_new = m_blk > t->m[r] ? m_blk : t->m[r];
         if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
             memset(row, 0, FA_BLOCK_N * sizeof(float));
             continue;
         }
-        float alpha = exp2f(w->m[r] - m_new); /* 0 when m[r] = -inf */
+        float alpha = exp2f(t->m[r] - m_new); /* 0 when m[r] = -inf */
         float sum = run->kern->exp_sum(row, FA_BLOCK_N, c, m_new);
-        w->l[r] = w->l[r] * alpha + sum;
-        w->m[r] = m_new;
+        t->l[r] = t->l[r] * alpha + sum;
+        t->m[r] = m_new;
         if (alpha != 1.0f) {
-            float *acc = w->acc + r * dv_pad;
+            float *acc = t->acc + r * dv_pad;
             for (int64_t col = 0; col < dv_pad; ++col) acc[col] *= alpha;
         }
     }
 }
 
 /* Zero the dropped entries of P (the scaling by 1 / (1 - p) happens once at the end). */
-static void apply_dropout(const fa_run *run, const fa_item *it, float *s, int64_t m, int64_t j0) {
+static void apply_dropout(const fa_run *run, const fa_item *it, float *s, int64_t j0) {
     const fa_problem *p = run->pl->p;
     uint32_t threshold = fa_dropout_threshold(p->dropout_p);
-    for (int64_t r = 0; r < m; ++r) {
+    for (int64_t r = 0; r < (int64_t)it->ng * it->nq; ++r) {
         int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
         uint32_t bh = (uint32_t)(it->b * p->nheads + h);
         float *row = s + r * FA_BLOCK_N;
         for (int64_t j = 0; j < FA_BLOCK_N; j += 4) {
             fa_philox_u32x4 words = fa_dropout_words(p->opts.rng_seed, p->opts.rng_offset, bh,
                                                      (uint32_t)i, (uint32_t)((j0 + j) / 4));
-            for (int t = 0; t < 4; ++t)
-                if (words.x[t] < threshold) row[j + t] = 0.0f;
+            for (int u = 0; u < 4; ++u)
+                if (words.x[u] < threshold) row[j + u] = 0.0f;
         }
     }
 }
@@ -343,39 +360,79 @@ static void store_out_row(const fa_run *run, const fa_item *it, int64_t r, const
     const fa_seq *sq = &pl->seqs[it->b];
     int64_t i = it->i0 + r % it->nq, h = head_of(run, it, r);
     char *dst = pl->out + (sq->o_off + i * pl->o_row + h * pl->o_head) * (int64_t)run->esize;
-    fa_store_row_f32(pl->p->dtype, o, dst, pl->p->d_v);
+    run->kern->store_row(pl->p->dtype, o, dst, pl->p->d_v);
     pl->lse[sq->lse_off + i * pl->lse_row + h * pl->lse_head] = lse;
 }
 
 /* acc / l (times the dropout scale) into out; lse = ln(2) * (m + log2 l). */
-static void finish_rows(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t m) {
+static void finish_rows(const fa_run *run, const fa_tile *t) {
     float keep_scale = 1.0f / (1.0f - run->pl->p->dropout_p);
-    for (int64_t r = 0; r < m; ++r) {
-        float *acc = w->acc + r * run->L->dv_pad;
-        bool empty = w->m[r] == -INFINITY;
-        float inv = empty ? 0.0f : keep_scale / w->l[r];
+    for (int64_t r = 0; r < (int64_t)t->rows.ng * t->rows.nq; ++r) {
+        float *acc = t->acc + r * run->L->dv_pad;
+        bool empty = t->m[r] == -INFINITY;
+        float inv = empty ? 0.0f : keep_scale / t->l[r];
         for (int64_t c = 0; c < run->pl->p->d_v; ++c) acc[c] *= inv;
-        store_out_row(run, it, r, acc, empty ? INFINITY : (w->m[r] + log2f(w->l[r])) * FA_LN2);
+        store_out_row(run, &t->rows, r, acc, empty ? INFINITY : (t->m[r] + log2f(t->l[r])) * FA_LN2);
     }
 }
 
-/* Partial of one split: rows of [o (dv_pad) | lse2 (base 2, -inf when empty)]. */
-static float *partial_of(const fa_run *run, int64_t item, int64_t split) {
+/* Partial of (item, split, tile): rows of [o (dv_pad) | lse2 (base 2, -inf when empty)]. */
+static float *partial_of(const fa_run *run, int64_t item, int64_t split, int64_t tile) {
     size_t rec = (size_t)(run->L->dv_pad + 1);
-    return run->partials + ((size_t)(item * run->L->splits + split) * FA_MAX_M) * rec;
+    return run->partials + ((size_t)((item * run->L->splits + split) * FA_SUB + tile) * FA_MAX_M) * rec;
 }
 
-static void write_partial(const fa_run *run, int64_t item, int64_t split, const fa_scratch *w,
-                          int64_t m) {
-    float *part = partial_of(run, item, split);
+static void write_partial(const fa_run *run, const fa_tile *t, float *part) {
     int64_t dv_pad = run->L->dv_pad;
-    for (int64_t r = 0; r < m; ++r) {
+    for (int64_t r = 0; r < (int64_t)t->rows.ng * t->rows.nq; ++r) {
         float *o = part + r * (dv_pad + 1);
-        bool empty = w->m[r] == -INFINITY;
-        float inv = empty ? 0.0f : 1.0f / w->l[r];
-        for (int64_t c = 0; c < dv_pad; ++c) o[c] = w->acc[r * dv_pad + c] * inv;
-        o[dv_pad] = empty ? -INFINITY : w->m[r] + log2f(w->l[r]);
+        bool empty = t->m[r] == -INFINITY;
+        float inv = empty ? 0.0f : 1.0f / t->l[r];
+        for (int64_t c = 0; c < dv_pad; ++c) o[c] = t->acc[r * dv_pad + c] * inv;
+        o[dv_pad] = empty ? -INFINITY : t->m[r] + log2f(t->l[r]);
     }
+}
+
+/* Tiles of an item (rows [i0 + k * nq_max, ...)), with their state in the thread's scratch;
+ * returns how many. */
+static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
+                      fa_tile tiles[FA_SUB]) {
+    int n = 0;
+    for (int64_t i0 = it->i0; i0 < it->i0 + it->nq; i0 += run->L->nq_max, ++n) {
+        fa_tile *t = &tiles[n];
+        t->rows = *it;
+        t->rows.i0 = i0;
+        t->rows.nq = it->i0 + it->nq - i0 < run->L->nq_max ? it->i0 + it->nq - i0 : run->L->nq_max;
+        t->qop = w->qop + n * FA_MAX_M * run->L->d_pad;
+        t->acc = w->acc + n * FA_MAX_M * run->L->dv_pad;
+        t->m = w->m + n * FA_MAX_M;
+        t->l = w->l + n * FA_MAX_M;
+        int64_t m = (int64_t)t->rows.ng * t->rows.nq;
+        for (int64_t r = 0; r < m; ++r) {
+            t->m[r] = -INFINITY;
+            t->l[r] = 0.0f;
+        }
+        memset(t->acc, 0, (size_t)(m * run->L->dv_pad) * sizeof(float));
+    }
+    return n;
+}
+
+/* One kv block for one tile: S = Q Kᵀ, epilogue, online softmax, dropout, acc += P V. */
+static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *w, int64_t j0) {
+    const fa_problem *p = run->pl->p;
+    const fa_seq *sq = &run->pl->seqs[t->rows.b];
+    int m = t->rows.ng * (int)t->rows.nq;
+    run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+    float c = p->scale * FA_LOG2E;
+    if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f)) {
+        scores_full(run, &t->rows, w->s, j0);
+        c = 1.0f;
+    } else if (block_needs_mask(p, sq, &t->rows, j0)) {
+        scores_mask(run, &t->rows, w->s, j0);
+    }
+    online_softmax(run, w->s, t, c);
+    if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, w->s, j0);
+    run->kern->pv(w->s, w->vp, m, (int)run->L->dv_pad, t->acc);
 }
 
 static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
@@ -383,38 +440,29 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[it->b];
     fa_scratch w = scratch_of(run, thread);
-    int64_t m = (int64_t)it->ng * it->nq, lo, hi;
+    fa_tile tiles[FA_SUB];
+    int n_tiles = make_tiles(run, it, &w, tiles);
+    int64_t lo, hi, lo_t[FA_SUB], hi_t[FA_SUB];
     item_key_range(p, sq, it, &lo, &hi);
     int64_t blk0 = lo / FA_BLOCK_N, nblk = hi > lo ? ceil_div(hi, FA_BLOCK_N) - blk0 : 0;
     int64_t splits = run->L->splits;
     int64_t first = blk0 + nblk * split / splits, last = blk0 + nblk * (split + 1) / splits;
-
-    for (int64_t r = 0; r < m; ++r) {
-        w.m[r] = -INFINITY;
-        w.l[r] = 0.0f;
+    for (int k = 0; k < n_tiles && first < last; ++k) {
+        item_key_range(p, sq, &tiles[k].rows, &lo_t[k], &hi_t[k]);
+        load_q(run, &tiles[k], w.qf);
     }
-    memset(w.acc, 0, (size_t)(m * run->L->dv_pad) * sizeof(float));
-    if (first < last) load_q(run, it, &w, m);
-    bool general = p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f);
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
         load_kv(run, it, &w, j0);
-        run->kern->qk(w.qop, w.kp, (int)m, (int)run->L->d_pad, w.s);
-        float c = p->scale * FA_LOG2E;
-        if (general) {
-            scores_full(run, it, w.s, m, j0);
-            c = 1.0f;
-        } else if (block_needs_mask(p, sq, it, j0)) {
-            scores_mask(run, it, w.s, m, j0);
-        }
-        online_softmax(run, &w, m, c);
-        if (p->dropout_p > 0.0f) apply_dropout(run, it, w.s, m, j0);
-        run->kern->pv(w.s, w.vp, (int)m, (int)run->L->dv_pad, w.acc);
+        for (int k = 0; k < n_tiles; ++k)
+            if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) attend_block(run, &tiles[k], &w, j0);
     }
-    if (splits > 1)
-        write_partial(run, item, split, &w, m);
-    else
-        finish_rows(run, it, &w, m);
+    for (int k = 0; k < n_tiles; ++k) {
+        if (splits > 1)
+            write_partial(run, &tiles[k], partial_of(run, item, split, k));
+        else
+            finish_rows(run, &tiles[k]);
+    }
 }
 
 static void attend_task(void *arg, int64_t task, int thread) {
@@ -422,36 +470,41 @@ static void attend_task(void *arg, int64_t task, int thread) {
     attend(run, task / run->L->splits, task % run->L->splits, thread);
 }
 
-/* Merge the splits of one item by their LSE. */
+/* Merge row r of tile k over the splits by their LSE. */
+static void combine_row(const fa_run *run, int64_t item, const fa_tile *t, int k, int64_t r,
+                        float *o) {
+    int64_t dv_pad = run->L->dv_pad, rec = dv_pad + 1;
+    float top = -INFINITY;
+    for (int64_t s = 0; s < run->L->splits; ++s) {
+        float lse2 = partial_of(run, item, s, k)[r * rec + dv_pad];
+        top = lse2 > top ? lse2 : top;
+    }
+    memset(o, 0, (size_t)dv_pad * sizeof(float));
+    if (top == -INFINITY) {
+        store_out_row(run, &t->rows, r, o, INFINITY);
+        return;
+    }
+    float total = 0.0f;
+    for (int64_t s = 0; s < run->L->splits; ++s) {
+        const float *part = partial_of(run, item, s, k) + r * rec;
+        float weight = exp2f(part[dv_pad] - top);
+        if (weight == 0.0f) continue;
+        total += weight;
+        for (int64_t c = 0; c < dv_pad; ++c) o[c] += weight * part[c];
+    }
+    float keep_scale = 1.0f / (1.0f - run->pl->p->dropout_p);
+    for (int64_t c = 0; c < dv_pad; ++c) o[c] *= keep_scale / total;
+    store_out_row(run, &t->rows, r, o, (top + log2f(total)) * FA_LN2);
+}
+
 static void combine_task(void *arg, int64_t item, int thread) {
     const fa_run *run = arg;
-    const fa_item *it = &run->items[item];
     fa_scratch w = scratch_of(run, thread);
-    int64_t m = (int64_t)it->ng * it->nq, dv_pad = run->L->dv_pad, rec = dv_pad + 1;
-    float keep_scale = 1.0f / (1.0f - run->pl->p->dropout_p);
-    for (int64_t r = 0; r < m; ++r) {
-        float top = -INFINITY;
-        for (int64_t s = 0; s < run->L->splits; ++s) {
-            float lse2 = partial_of(run, item, s)[r * rec + dv_pad];
-            top = lse2 > top ? lse2 : top;
-        }
-        float *o = w.acc;
-        memset(o, 0, (size_t)dv_pad * sizeof(float));
-        if (top == -INFINITY) {
-            store_out_row(run, it, r, o, INFINITY);
-            continue;
-        }
-        float total = 0.0f;
-        for (int64_t s = 0; s < run->L->splits; ++s) {
-            const float *part = partial_of(run, item, s) + r * rec;
-            float weight = exp2f(part[dv_pad] - top);
-            if (weight == 0.0f) continue;
-            total += weight;
-            for (int64_t c = 0; c < dv_pad; ++c) o[c] += weight * part[c];
-        }
-        for (int64_t c = 0; c < dv_pad; ++c) o[c] *= keep_scale / total;
-        store_out_row(run, it, r, o, (top + log2f(total)) * FA_LN2);
-    }
+    fa_tile tiles[FA_SUB];
+    int n_tiles = make_tiles(run, &run->items[item], &w, tiles);
+    for (int k = 0; k < n_tiles; ++k)
+        for (int64_t r = 0; r < (int64_t)tiles[k].rows.ng * tiles[k].rows.nq; ++r)
+            combine_row(run, item, &tiles[k], k, r, w.vf);
 }
 
 /* ---------------------------------------------------------------- attn_probs (testing) */
@@ -508,8 +561,14 @@ static void probs_task(void *arg, int64_t bh, int thread) {
 }
 
 /* ---------------------------------------------------------------- entry */
+/* AVX512_BF16 runs bf16 inputs on vdpbf16ps; f16 and f32 (and bf16 elsewhere) on f32 FMAs. */
 static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype) {
-    (void)isa; /* SIMD kernel sets land next */
+#if defined(FA_HAVE_X86)
+    if (isa == FA_ISA_AVX512_BF16 && dtype == FA_DTYPE_BF16) return &fa_fwd_kernels_avx512_bf16;
+    if (isa == FA_ISA_AVX512 || isa == FA_ISA_AVX512_BF16) return &fa_fwd_kernels_avx512;
+    if (isa == FA_ISA_AVX2) return &fa_fwd_kernels_avx2;
+#endif
+    (void)isa;
     (void)dtype;
     return &fa_fwd_kernels_scalar;
 }

@@ -78,11 +78,14 @@ void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_
  * V tile [FA_BLOCK_N][dv] into the PV right operand. Padding rows/columns are zero.
  *   qk: s[m][FA_BLOCK_N] = Q Kᵀ (raw dot products)
  *   pv: acc[m][dv_pad] += p[m][FA_BLOCK_N] · V   (p f32; kernels may round it to bf16)
+ *   load_row/store_row: fa_load_row_f32/fa_store_row_f32, vectorised where the ISA can;
  *   row_max: max of n raw scores;  exp_sum: s = 2^(s * c - shift) in place, returns the sum;
  *   2^(-inf) must be exactly 0.
  */
 typedef struct fa_fwd_kernels {
     const char *name;
+    void (*load_row)(int32_t dtype, const void *src, float *dst, int64_t n);       /* to f32 */
+    void (*store_row)(int32_t dtype, const float *src, void *dst, int64_t n);      /* from f32 */
     void (*prep_q)(const float *q, int m, int d, int d_pad, void *dst);
     void (*pack_k)(const float *k, int d, int d_pad, void *dst);
     void (*pack_v)(const float *v, int dv_pad, void *dst);
@@ -91,6 +94,12 @@ typedef struct fa_fwd_kernels {
     float (*row_max)(const float *s, int n);
     float (*exp_sum)(float *s, int n, float c, float shift);
 } fa_fwd_kernels;
+
+/* The f32 operand layouts shared by the f32 kernel sets (fwd_kernels_scalar.c):
+ * Q [m][d_pad], Kᵀ panel [d_pad][FA_BLOCK_N], V panel [FA_BLOCK_N][dv_pad]. */
+void fa_fwd_prep_q_f32(const float *q, int m, int d, int d_pad, void *dst);
+void fa_fwd_pack_k_f32(const float *k, int d, int d_pad, void *dst);
+void fa_fwd_pack_v_f32(const float *v, int dv_pad, void *dst);
 
 extern const fa_fwd_kernels fa_fwd_kernels_scalar;
 #if defined(FA_HAVE_X86)

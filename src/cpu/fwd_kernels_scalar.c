@@ -10,19 +10,19 @@
 #include <math.h>
 #include <string.h>
 
-static void prep_q(const float *q, int m, int d, int d_pad, void *dst) {
+void fa_fwd_prep_q_f32(const float *q, int m, int d, int d_pad, void *dst) {
     (void)d;
     memcpy(dst, q, (size_t)m * (size_t)d_pad * sizeof(float));
 }
 
-static void pack_k(const float *k, int d, int d_pad, void *dst) {
+void fa_fwd_pack_k_f32(const float *k, int d, int d_pad, void *dst) {
     float *kt = dst;
     (void)d;
     for (int j = 0; j < FA_BLOCK_N; ++j)
         for (int c = 0; c < d_pad; ++c) kt[c * FA_BLOCK_N + j] = k[j * d_pad + c];
 }
 
-static void pack_v(const float *v, int dv_pad, void *dst) {
+void fa_fwd_pack_v_f32(const float *v, int dv_pad, void *dst) {
     memcpy(dst, v, (size_t)FA_BLOCK_N * (size_t)dv_pad * sizeof(float));
 }
 
@@ -69,5 +69,6 @@ static float exp_sum(float *s, int n, float c, float shift) {
     return sum;
 }
 
-const fa_fwd_kernels fa_fwd_kernels_scalar = {"scalar", prep_q, pack_k, pack_v, qk, pv,
+const fa_fwd_kernels fa_fwd_kernels_scalar = {"scalar", fa_load_row_f32, fa_store_row_f32, fa_fwd_prep_q_f32,
+                                              fa_fwd_pack_k_f32, fa_fwd_pack_v_f32, qk, pv,
                                               row_max, exp_sum};

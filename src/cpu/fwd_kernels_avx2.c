@@ -1,0 +1,168 @@
+/*
+ * fwd_kernels_avx2.c — AVX2 + FMA + F16C micro-kernels of the forward (f32 operands, the
+ * layouts of fa_fwd_pack_*_f32). 16 ymm registers: S = Q Kᵀ and acc += P V both use a
+ * 6-row x 16-column accumulator block (12 ymm) + 2 loaded vectors + 1 broadcast.
+ */
+#include "cpu/fwd_engine.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define MR 6
+#define FA_INLINE static inline __attribute__((always_inline))
+
+static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    if (dtype == FA_DTYPE_F16) {
+        const uint16_t *s = src;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    } else if (dtype == FA_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (; i + 8 <= n; i += 8) {
+            __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+        }
+    } else {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    if (i < n) fa_load_row_f32(dtype, (const uint16_t *)src + i, dst + i, n - i);
+}
+
+static float hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static float row_max(const float *s, int n) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
+    float r = hmax(mx);
+    for (; j < n; ++j) r = s[j] > r ? s[j] : r;
+    return r;
+}
+
+/* 2^x as in the AVX-512 file; 2^k is built in the exponent bits. x < -126 gives 0. */
+FA_INLINE __m256 exp2_ps(__m256 x) {
+    __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_GE_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-126.0f));
+    __m256 k = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(x, k);
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
+}
+
+static float exp_sum(float *s, int n, float c, float shift) {
+    __m256 vc = _mm256_set1_ps(c), vs = _mm256_set1_ps(shift), sum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp2_ps(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vc, vs));
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float r = hsum(sum);
+    for (; j < n; ++j) {
+        s[j] = _mm256_cvtss_f32(exp2_ps(_mm256_set1_ps(s[j] * c - shift)));
+        r += s[j];
+    }
+    return r;
+}
+
+/* s[rows][16 columns] = Q[rows] Kᵀ[:, columns] for rows <= MR. */
+FA_INLINE void qk_block(const float *q, const float *kt, int d_pad, float *s, const int rows) {
+    __m256 acc[MR][2];
+    for (int r = 0; r < rows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int c = 0; c < d_pad; ++c) {
+        __m256 b0 = _mm256_loadu_ps(kt + c * FA_BLOCK_N), b1 = _mm256_loadu_ps(kt + c * FA_BLOCK_N + 8);
+        for (int r = 0; r < rows; ++r) {
+            __m256 a = _mm256_broadcast_ss(q + r * d_pad + c);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        _mm256_storeu_ps(s + r * FA_BLOCK_N, acc[r][0]);
+        _mm256_storeu_ps(s + r * FA_BLOCK_N + 8, acc[r][1]);
+    }
+}
+
+FA_INLINE void qk_rows(const float *q, const float *kt, int d_pad, float *s, const int rows) {
+    for (int j = 0; j < FA_BLOCK_N; j += 16) qk_block(q, kt + j, d_pad, s + j, rows);
+}
+
+static void qk(const void *qv, const void *kp, int m, int d_pad, float *s) {
+    const float *q = qv;
+    int r = 0;
+    for (; r + MR <= m; r += MR) qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, MR);
+    switch (m - r) {
+    case 5: qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 5); break;
+    case 4: qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 4); break;
+    case 3: qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 3); break;
+    case 2: qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 2); break;
+    case 1: qk_rows(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 1); break;
+    default: break;
+    }
+}
+
+/* acc[rows][16 columns] += P[rows][64] V[64][columns] for rows <= MR. */
+FA_INLINE void pv_block(const float *p, const float *v, int dv_pad, float *acc, const int rows) {
+    __m256 o[MR][2];
+    for (int r = 0; r < rows; ++r) {
+        o[r][0] = _mm256_loadu_ps(acc + r * dv_pad);
+        o[r][1] = _mm256_loadu_ps(acc + r * dv_pad + 8);
+    }
+    for (int j = 0; j < FA_BLOCK_N; ++j) {
+        __m256 b0 = _mm256_loadu_ps(v + j * dv_pad), b1 = _mm256_loadu_ps(v + j * dv_pad + 8);
+        for (int r = 0; r < rows; ++r) {
+            __m256 a = _mm256_broadcast_ss(p + r * FA_BLOCK_N + j);
+            o[r][0] = _mm256_fmadd_ps(a, b0, o[r][0]);
+            o[r][1] = _mm256_fmadd_ps(a, b1, o[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        _mm256_storeu_ps(acc + r * dv_pad, o[r][0]);
+        _mm256_storeu_ps(acc + r * dv_pad + 8, o[r][1]);
+    }
+}
+
+FA_INLINE void pv_rows(const float *p, const float *v, int dv_pad, float *acc, const int rows) {
+    for (int c = 0; c < dv_pad; c += 16) pv_block(p, v + c, dv_pad, acc + c, rows);
+}
+
+static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
+    int r = 0;
+    for (; r + MR <= m; r += MR) pv_rows(p + r * FA_BLOCK_N, vp, dv_pad, acc + r * dv_pad, MR);
+    const float *pr = p + r * FA_BLOCK_N;
+    float *ar = acc + r * dv_pad;
+    switch (m - r) {
+    case 5: pv_rows(pr, vp, dv_pad, ar, 5); break;
+    case 4: pv_rows(pr, vp, dv_pad, ar, 4); break;
+    case 3: pv_rows(pr, vp, dv_pad, ar, 3); break;
+    case 2: pv_rows(pr, vp, dv_pad, ar, 2); break;
+    case 1: pv_rows(pr, vp, dv_pad, ar, 1); break;
+    default: break;
+    }
+}
+
+const fa_fwd_kernels fa_fwd_kernels_avx2 = {"avx2", load_row, fa_store_row_f32,
+                                            fa_fwd_prep_q_f32, fa_fwd_pack_k_f32,
+                                            fa_fwd_pack_v_f32, qk, pv, row_max, exp_sum};

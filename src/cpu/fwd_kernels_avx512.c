@@ -1,0 +1,282 @@
+/*
+ * fwd_kernels_avx512.c — AVX-512 micro-kernels of the forward (compiled with AVX-512
+ * F/BW/VL/DQ + BF16 flags, run only where isa.c found them).
+ *
+ * Two sets:
+ *   fa_fwd_kernels_avx512       f32 operands (f32 and f16 inputs; bf16 without AVX512_BF16):
+ *                               Q [m][d_pad], Kᵀ panel [d_pad][64], V [64][dv_pad], all f32.
+ *   fa_fwd_kernels_avx512_bf16  bf16 inputs: vdpbf16ps multiplies bf16 pairs with f32
+ *                               accumulation, twice the f32 FMA rate. Operands are "VNNI"
+ *                               pairs: Q [m][d_pad] bf16 (pairs along d), K panel
+ *                               [d_pad/2][64][2], V panel [32][dv_pad][2] (pairs along keys),
+ *                               and P is rounded to bf16 per row before PV (as flash-attn does
+ *                               on GPUs).
+ * Register blocking: a 6-row x 64-column accumulator block (24 zmm) for S = Q Kᵀ, and a
+ * 6-row x 64-column block of the output for acc += P V, so each loaded K/V vector feeds 6
+ * FMAs and each broadcast Q/P value 4.
+ */
+#include "cpu/fwd_engine.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define MR 6                  /* rows per register block */
+#define NV (FA_BLOCK_N / 16)  /* zmm vectors across a kv block (4) */
+#define FA_INLINE static inline __attribute__((always_inline))
+
+/* ---------------------------------------------------------------- conversions */
+static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    if (dtype == FA_DTYPE_F16) {
+        const uint16_t *s = src;
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+    } else if (dtype == FA_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (; i + 16 <= n; i += 16) {
+            __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+        }
+    } else {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    if (i < n)
+        fa_load_row_f32(dtype, (const uint16_t *)src + i, dst + i, n - i);
+}
+
+/* ---------------------------------------------------------------- softmax pieces */
+static float row_max(const float *s, int n) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+    float r = _mm512_reduce_max_ps(mx);
+    for (; j < n; ++j) r = s[j] > r ? s[j] : r;
+    return r;
+}
+
+/* 2^x: x = k + f with k = round(x), |f| <= 1/2; 2^f by a degree-6 polynomial (Cephes exp2f
+ * coefficients, ~1 ulp), times 2^k by vscalefps. Inputs below -126 (and -inf) give exactly 0. */
+FA_INLINE __m512 exp2_ps(__m512 x) {
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+    __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, k);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(live, p, k);
+}
+
+static float exp_sum(float *s, int n, float c, float shift) {
+    __m512 vc = _mm512_set1_ps(c), vs = _mm512_set1_ps(shift), sum = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 e = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vs));
+        _mm512_storeu_ps(s + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    float r = _mm512_reduce_add_ps(sum);
+    for (; j < n; ++j) {
+        __m512 e = exp2_ps(_mm512_set1_ps(s[j] * c - shift));
+        s[j] = _mm512_cvtss_f32(e);
+        r += s[j];
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- f32 set */
+/* s[rows][64] = Q[rows] Kᵀ for rows <= MR (a compile-time constant after inlining). */
+FA_INLINE void qk_block_f32(const float *q, const float *kt, int d_pad, float *s, const int rows) {
+    __m512 acc[MR][NV];
+    for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int c = 0; c < d_pad; ++c) {
+        __m512 b[NV];
+        for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(kt + c * FA_BLOCK_N + 16 * v);
+        for (int r = 0; r < rows; ++r) {
+            __m512 a = _mm512_set1_ps(q[r * d_pad + c]);
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * FA_BLOCK_N + 16 * v, acc[r][v]);
+}
+
+static void qk_f32(const void *qv, const void *kp, int m, int d_pad, float *s) {
+    const float *q = qv;
+    int r = 0;
+    for (; r + MR <= m; r += MR) qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, MR);
+    switch (m - r) {
+    case 5: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 5); break;
+    case 4: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 4); break;
+    case 3: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 3); break;
+    case 2: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 2); break;
+    case 1: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 1); break;
+    default: break;
+    }
+}
+
+/* acc[rows][cols] += P[rows][64] V[64][cols], cols = 16 * nv, for rows <= MR. */
+FA_INLINE void pv_block_f32(const float *p, const float *v, int dv_pad, float *acc, const int rows,
+                            const int nv) {
+    __m512 o[MR][NV];
+    for (int r = 0; r < rows; ++r)
+        for (int u = 0; u < nv; ++u) o[r][u] = _mm512_loadu_ps(acc + r * dv_pad + 16 * u);
+    for (int j = 0; j < FA_BLOCK_N; ++j) {
+        __m512 b[NV];
+        for (int u = 0; u < nv; ++u) b[u] = _mm512_loadu_ps(v + j * dv_pad + 16 * u);
+        for (int r = 0; r < rows; ++r) {
+            __m512 a = _mm512_set1_ps(p[r * FA_BLOCK_N + j]);
+            for (int u = 0; u < nv; ++u) o[r][u] = _mm512_fmadd_ps(a, b[u], o[r][u]);
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int u = 0; u < nv; ++u) _mm512_storeu_ps(acc + r * dv_pad + 16 * u, o[r][u]);
+}
+
+/* One block of rows across every column: 64-wide chunks, then 16-wide ones. */
+FA_INLINE void pv_rows_f32(const float *p, const float *v, int dv_pad, float *acc, const int rows) {
+    int c = 0;
+    for (; c + 64 <= dv_pad; c += 64) pv_block_f32(p, v + c, dv_pad, acc + c, rows, NV);
+    for (; c < dv_pad; c += 16) pv_block_f32(p, v + c, dv_pad, acc + c, rows, 1);
+}
+
+static void pv_f32(const float *p, const void *vp, int m, int dv_pad, float *acc) {
+    int r = 0;
+    for (; r + MR <= m; r += MR) pv_rows_f32(p + r * FA_BLOCK_N, vp, dv_pad, acc + r * dv_pad, MR);
+    const float *pr = p + r * FA_BLOCK_N;
+    float *ar = acc + r * dv_pad;
+    switch (m - r) {
+    case 5: pv_rows_f32(pr, vp, dv_pad, ar, 5); break;
+    case 4: pv_rows_f32(pr, vp, dv_pad, ar, 4); break;
+    case 3: pv_rows_f32(pr, vp, dv_pad, ar, 3); break;
+    case 2: pv_rows_f32(pr, vp, dv_pad, ar, 2); break;
+    case 1: pv_rows_f32(pr, vp, dv_pad, ar, 1); break;
+    default: break;
+    }
+}
+
+const fa_fwd_kernels fa_fwd_kernels_avx512 = {"avx512", load_row, fa_store_row_f32,
+                                              fa_fwd_prep_q_f32, fa_fwd_pack_k_f32,
+                                              fa_fwd_pack_v_f32, qk_f32, pv_f32, row_max,
+                                              exp_sum};
+
+/* ---------------------------------------------------------------- bf16 set (vdpbf16ps) */
+/* n f32 values (n % 16 == 0) to bf16, round to nearest even. */
+FA_INLINE void to_bf16(const float *src, uint16_t *dst, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
+    }
+}
+
+static void prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
+    uint16_t *out = dst;
+    (void)d;
+    for (int64_t i = 0; i < (int64_t)m * d_pad; ++i) out[i] = fa_f32_to_bf16(q[i]);
+}
+
+/* K panel [d_pad / 2][64][2]: the pair (k[j][2c], k[j][2c + 1]) of key j at [c][j]. */
+static void pack_k_bf16(const float *k, int d, int d_pad, void *dst) {
+    uint32_t *kp = dst;
+    (void)d;
+    for (int j = 0; j < FA_BLOCK_N; ++j)
+        for (int c = 0; c < d_pad / 2; ++c)
+            kp[c * FA_BLOCK_N + j] = (uint32_t)fa_f32_to_bf16(k[j * d_pad + 2 * c]) |
+                                     (uint32_t)fa_f32_to_bf16(k[j * d_pad + 2 * c + 1]) << 16;
+}
+
+/* V panel [32][dv_pad][2]: the pair (v[2t][c], v[2t + 1][c]) at [t][c]. */
+static void pack_v_bf16(const float *v, int dv_pad, void *dst) {
+    uint32_t *vp = dst;
+    for (int t = 0; t < FA_BLOCK_N / 2; ++t)
+        for (int c = 0; c < dv_pad; ++c)
+            vp[t * dv_pad + c] = (uint32_t)fa_f32_to_bf16(v[2 * t * dv_pad + c]) |
+                                 (uint32_t)fa_f32_to_bf16(v[(2 * t + 1) * dv_pad + c]) << 16;
+}
+
+FA_INLINE __m512bh bcast_pair(const uint32_t *x) { return (__m512bh)_mm512_set1_epi32((int)*x); }
+
+FA_INLINE void qk_block_bf16(const uint32_t *q, const uint32_t *kp, int d2, float *s,
+                             const int rows) {
+    __m512 acc[MR][NV];
+    for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int c = 0; c < d2; ++c) {
+        __m512bh b[NV];
+        for (int v = 0; v < NV; ++v)
+            b[v] = (__m512bh)_mm512_loadu_si512((const void *)(kp + c * FA_BLOCK_N + 16 * v));
+        for (int r = 0; r < rows; ++r) {
+            __m512bh a = bcast_pair(q + r * d2 + c);
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * FA_BLOCK_N + 16 * v, acc[r][v]);
+}
+
+static void qk_bf16(const void *qv, const void *kp, int m, int d_pad, float *s) {
+    const uint32_t *q = qv;
+    int d2 = d_pad / 2, r = 0;
+    for (; r + MR <= m; r += MR) qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, MR);
+    switch (m - r) {
+    case 5: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 5); break;
+    case 4: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 4); break;
+    case 3: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 3); break;
+    case 2: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 2); break;
+    case 1: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 1); break;
+    default: break;
+    }
+}
+
+/* acc[rows][16 nv] += P[rows][64] V with P as bf16 pairs [rows][32] and V [32][dv_pad][2]. */
+FA_INLINE void pv_block_bf16(const uint32_t *p, const uint32_t *v, int dv_pad, float *acc,
+                             const int rows, const int nv) {
+    __m512 o[MR][NV];
+    for (int r = 0; r < rows; ++r)
+        for (int u = 0; u < nv; ++u) o[r][u] = _mm512_loadu_ps(acc + r * dv_pad + 16 * u);
+    for (int t = 0; t < FA_BLOCK_N / 2; ++t) {
+        __m512bh b[NV];
+        for (int u = 0; u < nv; ++u)
+            b[u] = (__m512bh)_mm512_loadu_si512((const void *)(v + t * dv_pad + 16 * u));
+        for (int r = 0; r < rows; ++r) {
+            __m512bh a = bcast_pair(p + r * (FA_BLOCK_N / 2) + t);
+            for (int u = 0; u < nv; ++u) o[r][u] = _mm512_dpbf16_ps(o[r][u], a, b[u]);
+        }
+    }
+    for (int r = 0; r < rows; ++r)
+        for (int u = 0; u < nv; ++u) _mm512_storeu_ps(acc + r * dv_pad + 16 * u, o[r][u]);
+}
+
+FA_INLINE void pv_rows_bf16(const uint32_t *p, const uint32_t *v, int dv_pad, float *acc,
+                            const int rows) {
+    int c = 0;
+    for (; c + 64 <= dv_pad; c += 64) pv_block_bf16(p, v + c, dv_pad, acc + c, rows, NV);
+    for (; c < dv_pad; c += 16) pv_block_bf16(p, v + c, dv_pad, acc + c, rows, 1);
+}
+
+static void pv_bf16(const float *p, const void *vp, int m, int dv_pad, float *acc) {
+    uint32_t pb[FA_MAX_M * FA_BLOCK_N / 2]; /* P rounded to bf16 pairs along the keys */
+    to_bf16(p, (uint16_t *)pb, m * FA_BLOCK_N);
+    int r = 0;
+    const int pr = FA_BLOCK_N / 2;
+    for (; r + MR <= m; r += MR) pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, MR);
+    switch (m - r) {
+    case 5: pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, 5); break;
+    case 4: pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, 4); break;
+    case 3: pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, 3); break;
+    case 2: pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, 2); break;
+    case 1: pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, 1); break;
+    default: break;
+    }
+}
+
+const fa_fwd_kernels fa_fwd_kernels_avx512_bf16 = {
+    "avx512_bf16", load_row,    fa_store_row_f32, prep_q_bf16, pack_k_bf16,
+    pack_v_bf16,   qk_bf16,     pv_bf16,          row_max,     exp_sum};
