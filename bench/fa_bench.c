@@ -459,6 +459,20 @@ static bool parse_options(int argc, char **argv, options *o) {
     return true;
 }
 
+/* Other work on the machine makes the numbers noisy: say how busy it was. */
+static void print_load(void) {
+    char line[128] = "unknown";
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (!fgets(line, sizeof line, f))
+            strcpy(line, "unknown");
+        fclose(f);
+    }
+    printf("load average (1/5/15 min, runnable/all, last pid): %s", line);
+    if (!strchr(line, '\n'))
+        printf("\n");
+}
+
 static void print_header(const char *what) {
     printf("\n%-8s %-5s %4s %6s %6s %-6s %5s %7s %7s %10s %10s\n", "op", "dtype", "d", "sq", "sk",
            "causal", "batch", "h/hk", "threads", "ms", what);
@@ -482,6 +496,7 @@ int main(int argc, char **argv) {
     printf("libflashattn %s, cpu backend, %ld cores; median of >= %d calls and >= %.2f s after a "
            "warm-up call\nmemory copy bandwidth, all cores (read + write): %.1f GB/s\n",
            fa_version_string(), cores, o.min_reps, o.min_time, copy_bw / 1e9);
+    print_load();
 
     const fa_dtype dtypes[] = {FA_DTYPE_F32, FA_DTYPE_BF16};
     const int64_t dims_full[] = {64, 128}, seqlens_full[] = {512, 1024, 2048, 4096};
@@ -512,6 +527,7 @@ int main(int argc, char **argv) {
                 attn_case c = {OP_DECODE, dtypes[t], 1, 1, caches[ci], 32, 8, dims[di], false};
                 ok &= bench_case(&c, ctx, &o, copy_bw);
             }
+    print_load();
     fa_context_destroy(ctx);
     return ok ? 0 : 1;
 }

@@ -72,6 +72,10 @@ def test_json_schema(quick_run):
         if r["provider"] == "sdpa-cpu":
             assert r["status"] == "ok", r  # torch's own kernel must pass its own check
     assert doc["copy_bandwidth_gbps"] > 0
+    assert len(doc["summary"]) == len(cases)
+    for s in doc["summary"]:
+        assert s["best_peer"] is not None and s["best_peer_value"] > 0
+        assert (s["ratio"] is None) == (s["ours"] is None)
 
 
 def test_table_written(quick_run):

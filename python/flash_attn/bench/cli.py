@@ -76,6 +76,7 @@ def _grid(args, suite: str, device: str) -> suites.Grid:
 def _finish(doc: dict, out: str) -> None:
     from . import plot, report
     base = os.path.join(out, doc["suite"])
+    doc["summary"] = report.summary(doc)
     report.write_json(doc, base + ".json")
     text = report.table(doc)
     with open(base + ".txt", "w") as f:

@@ -75,12 +75,20 @@ def _versions(providers: list) -> dict:
     return v
 
 
+def _loadavg():
+    """1/5/15-minute load: other work on the machine makes CPU numbers noisy."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def provenance(device: str, providers: list, threads: int, argv: list) -> dict:
     env = {k: os.environ[k] for k in ("FLASHATTN_LIBRARY", "FLASHATTN_NUM_THREADS",
                                       "FLASH_ATTENTION_BACKEND", "CUDA_VISIBLE_DEVICES")
            if k in os.environ}
     return {"device": device, "gpu": _gpu() if device == "cuda" else None, "cpu": _cpu(),
-            "cpu_threads": threads, "host": platform.platform(), "versions": _versions(providers),
+            "cpu_threads": threads, "load_average_at_start": _loadavg(), "host": platform.platform(), "versions": _versions(providers),
             "git": _git(), "command": ["python", "-m", "flash_attn", "bench"] + list(argv),
             "env": env}
 
@@ -117,6 +125,18 @@ def ratio_to_best_peer(per_provider: dict):
     peers = [metric(r) for name, r in per_provider.items() if name != OURS]
     peers = [p for p in peers if p]
     return ours / max(peers) if ours and peers else None
+
+
+def summary(doc: dict) -> list:
+    """Per case: our metric, the best peer and its metric, and their ratio."""
+    out = []
+    for key, per in by_case(doc["results"]).items():
+        peers = [(metric(r), n) for n, r in per.items() if n != OURS and metric(r)]
+        best = max(peers) if peers else (None, None)
+        out.append({**dict(zip(CASE_KEYS, key)), "unit": "GB/s" if key[0] == "decode" else
+                    "TFLOPS", "ours": metric(per.get(OURS, {})), "best_peer": best[1],
+                    "best_peer_value": best[0], "ratio": ratio_to_best_peer(per)})
+    return out
 
 
 def _cell(row) -> str:
