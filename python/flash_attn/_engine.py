@@ -12,6 +12,7 @@ device sync); the backward hands the same pair to the library, which regenerates
 """
 
 import os
+import re
 import threading
 
 import torch
@@ -295,5 +296,9 @@ def kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, rotary_cos=
                    cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table,
                    rotary_cos=rotary_cos, rotary_sin=rotary_sin, alibi_slopes=alibi_slopes, out=out,
                    softmax_lse=lse)
-    _run("kvcache", device, tensors, {}, opts)
+    try:
+        _run("kvcache", device, tensors, {}, opts)
+    except _lib.FlashAttnError as e:  # the library says k_new/v_new; the Python arguments are k/v
+        message = re.sub(r"\b([kv])_new\b", r"\1", str(e))
+        raise type(e)(message, e.status) from None
     return out, lse

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from . import _engine, _flaggems
+from . import _engine, _flaggems, _lib
 from . import _extension as flash_attn_gpu
 
 USE_TRITON_ROCM = False
@@ -57,6 +57,14 @@ def _window(window_size):
     if len(window_size) != 2:
         raise ValueError(f"flash_attn: window_size must be (left, right) (got {window_size!r})")
     return int(window_size[0]), int(window_size[1])
+
+
+def _require(name, t, ndim=None, packed_axis=None, packed=None, layout=""):
+    """Type and packed-shape checks the wrappers need before slicing (the library checks the rest)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
+    if ndim is not None and (t.dim() != ndim or (packed_axis is not None and t.shape[packed_axis] != packed)):
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be {layout} (got shape {tuple(t.shape)})")
 
 
 def _scale(softmax_scale, q):
@@ -484,6 +492,7 @@ def flash_attn_qkvpacked_func(
     (batch, nheads, seqlen) and S_dmask (see the module docstring; testing only).
     Returns out, or (out, softmax_lse, S_dmask).
     """
+    _require("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, nheads, headdim)")
     return FlashAttnQKVPackedFunc.apply(
         qkv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
         deterministic, return_attn_probs, torch.is_grad_enabled())
@@ -509,6 +518,8 @@ def flash_attn_kvpacked_func(
     j <= i + seqlen_k - seqlen_q. The window is [i + seqlen_k - seqlen_q - left,
     i + seqlen_k - seqlen_q + right]. Other arguments as flash_attn_qkvpacked_func.
     """
+    _require("q", q)
+    _require("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)")
     return FlashAttnKVPackedFunc.apply(
         q, kv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
         deterministic, return_attn_probs, torch.is_grad_enabled())
@@ -535,6 +546,8 @@ def flash_attn_func(
     with softmax_lse fp32 (batch, nheads, seqlen_q); a row with no visible key gives out = 0 and
     lse = +inf.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _require(name, t)
     return FlashAttnFunc.apply(
         q, k, v, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
         deterministic, return_attn_probs, torch.is_grad_enabled())
@@ -557,6 +570,7 @@ def flash_attn_varlen_qkvpacked_func(
     cumulative lengths starting at 0, max_seqlen >= every length -> out (total, nheads, headdim).
     softmax_lse is (nheads, total). Other arguments as flash_attn_qkvpacked_func.
     """
+    _require("qkv", qkv, 4, 1, 3, "(total, 3, nheads, headdim)")
     return FlashAttnVarlenQKVPackedFunc.apply(
         qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, _window(window_size), softcap,
         alibi_slopes, deterministic, return_attn_probs, torch.is_grad_enabled())
@@ -582,6 +596,8 @@ def flash_attn_varlen_kvpacked_func(
     nheads_k, headdim), cu_seqlens_q/k int32 (batch + 1,) -> out (total_q, nheads, headdim).
     Masks use each sequence's own lengths. Other arguments as flash_attn_kvpacked_func.
     """
+    _require("q", q)
+    _require("kv", kv, 4, 1, 2, "(total_k, 2, nheads_k, headdim)")
     return FlashAttnVarlenKVPackedFunc.apply(
         q, kv, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
         causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
@@ -613,6 +629,8 @@ def flash_attn_varlen_func(
     block_table int32 (batch, max_blocks): k/v are a paged cache (num_blocks, page_size, nheads_k,
     headdim) with any page_size >= 1; forward only. Other arguments as flash_attn_func.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _require(name, t)
     return FlashAttnVarlenFunc.apply(
         q, k, v, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
         causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
@@ -652,6 +670,8 @@ def flash_attn_with_kvcache(
     cache position. num_splits: split-KV (0 = heuristic). Returns out (batch, seqlen_q, nheads,
     headdim), or (out, softmax_lse (batch, nheads, seqlen_q)).
     """
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _require(name, t)
     q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
     softmax_scale = _scale(softmax_scale, q)
     if cache_seqlens is not None and isinstance(cache_seqlens, int):
