@@ -138,7 +138,8 @@ static size_t scratch_floats(const fa_problem *p) {
            + align_up(bn * dv * 4) / 4 * 2  /* vt, dv */
            + align_up(bm * bn * 4) / 4 * 3  /* s, dp, tc */
            + align_up(bn * 4) / 4           /* z */
-           + align_up(row * 4) / 4;         /* row */
+           + align_up(row * 4) / 4          /* row */
+           + align_up((bn + 4) * 4) / 4;    /* words */
 }
 
 static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads, bwd_layout *L) {
@@ -179,6 +180,7 @@ typedef struct bwd_scratch {
     float *dp;     /* (bm, bn)  dP, then dS */
     float *tc;     /* (bm, bn)  softcap: 1 - tanh² */
     float *z;      /* (bn)      dropout keep / (1 - p) of one row */
+    uint32_t *words; /* (bn + 4) its Philox words */
     float *row;    /* (max(d, dv)) */
 } bwd_scratch;
 
@@ -193,6 +195,7 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
         *slots[i] = (float *)at;
         at += align_up(sizes[i] * sizeof(float));
     }
+    sc.words = (uint32_t *)at;
     return sc;
 }
 
@@ -287,13 +290,7 @@ static float alibi_slope(const bwd_plan *pl, int64_t b, int64_t h) {
 static void score_transform(const bwd_plan *pl, const bwd_seq *seq, float slope, int64_t i,
                             int64_t j0, float *s, float *tc, int64_t n) {
     const fa_problem *p = pl->p;
-    if (p->softcap > 0.0f) {
-        for (int64_t j = 0; j < n; ++j) {
-            float t = tanhf(s[j] / p->softcap);
-            s[j] = p->softcap * t;
-            tc[j] = 1.0f - t * t;
-        }
-    }
+    if (p->softcap > 0.0f) pl->kern->softcap(s, tc, n, p->softcap);
     if (p->alibi != FA_ALIBI_NONE) {
         int64_t diag = i + seq->sk - seq->sq;
         for (int64_t j = 0; j < n; ++j) {
@@ -305,18 +302,15 @@ static void score_transform(const bwd_plan *pl, const bwd_seq *seq, float slope,
 }
 
 /* z[0, n) = keep / (1 - p) for keys j0 + [0, n) of row i of head h (fa_philox.h). */
-static void dropout_row(const bwd_plan *pl, const bwd_seq *seq, int64_t h, int64_t i, int64_t j0,
-                        float *z, int64_t n) {
+static void dropout_row(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq, int64_t h,
+                        int64_t i, int64_t j0, int64_t n) {
     const fa_options *o = &pl->p->opts;
-    uint32_t bh = (uint32_t)(seq->b * pl->p->nheads + h);
-    for (int64_t j = j0 & ~(int64_t)3; j < j0 + n; j += 4) {
-        fa_philox_u32x4 w = fa_dropout_words(o->rng_seed, o->rng_offset, bh, (uint32_t)i,
-                                             (uint32_t)(j / 4));
-        for (int64_t l = 0; l < 4; ++l) {
-            if (j + l >= j0 && j + l < j0 + n)
-                z[j + l - j0] = w.x[l] >= pl->drop_threshold ? pl->drop_scale : 0.0f;
-        }
-    }
+    int64_t g0 = j0 / 4, skip = j0 - 4 * g0; /* the first group may start before j0 */
+    pl->kern->dropout_words(sc->words, o->rng_seed, o->rng_offset,
+                            (uint32_t)(seq->b * pl->p->nheads + h), (uint32_t)i, (uint32_t)g0,
+                            ceil_div(skip + n, 4));
+    for (int64_t j = 0; j < n; ++j)
+        sc->z[j] = sc->words[skip + j] >= pl->drop_threshold ? pl->drop_scale : 0.0f;
 }
 
 /* One query row of a tile: s (scores in, P∘Z out) and dp (dP in, dS out) over nj keys from j0. */
@@ -344,8 +338,8 @@ static void tile_row(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     }
     float delta = *view_f(&pl->dsum, seq->b, seq->q0 + i, h);
     if (p->dropout_p > 0.0f) {
-        float *z = sc->z;
-        dropout_row(pl, seq, h, i, j0 + lo, z, n);
+        const float *z = sc->z;
+        dropout_row(pl, sc, seq, h, i, j0 + lo, n);
         for (int64_t j = 0; j < n; ++j) {
             dpr[j] = pr[j] * (dpr[j] * z[j] - delta);
             pr[j] *= z[j];
@@ -550,4 +544,5 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop, dot_scalar};
+const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop, dot_scalar,
+                                              fa_bwd_softcap_loop, fa_bwd_dropout_words_loop};

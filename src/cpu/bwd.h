@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fa_philox.h"
+
 /* The two inner loops of the backward, one implementation per instruction set. */
 typedef struct fa_bwd_kernels {
     /* C (M, N) = [C +] A (M, K) · B (K, N): A[m][k] at A[m * a_rs + k * a_cs] (any layout, it is
@@ -21,6 +23,12 @@ typedef struct fa_bwd_kernels {
     /* a · b over n, rounded exactly as gemm rounds one element of C (same order, same FMA use),
      * so Δ = dO · O cancels dP = dO · V exactly where O = V (a single visible key). */
     float (*dot)(const float *a, const float *b, int64_t n);
+    /* Softcap c: x[j] = c · tanh(x[j] / c), tc[j] = 1 - tanh² (the chain rule's factor). */
+    void (*softcap)(float *x, float *tc, int64_t n, float c);
+    /* Dropout words (fa_philox.h) of key groups g0 .. g0 + ng - 1 of row i in head bh:
+     * w[4 g + l] is word l of group g0 + g. */
+    void (*dropout_words)(uint32_t *w, uint64_t seed, uint64_t offset, uint32_t bh, uint32_t i,
+                          uint32_t g0, int64_t ng);
 } fa_bwd_kernels;
 
 extern const fa_bwd_kernels fa_bwd_kernels_scalar;
@@ -57,7 +65,40 @@ static inline float fa_bwd_expf(float x) {
     return x == x ? y : x;
 }
 
-/* The exp_affine loop, instantiated by each ISA file. */
+/* tanh(x) without branches: the odd Taylor series to x^13 below |x| = 0.4 (error < 2e-9
+ * relative there), else (e - 1) / (e + 1) with e = exp(2|x|) (a few ulp; e saturates, so no
+ * inf / inf). NaN stays NaN. */
+static inline float fa_bwd_tanhf(float x) {
+    float ax = fabsf(x), x2 = x * x;
+    float q = 21844.0f / 6081075.0f; /* Taylor coefficients of tanh(x) / x - 1, in x² */
+    q = q * x2 - 1382.0f / 155925.0f;
+    q = q * x2 + 62.0f / 2835.0f;
+    q = q * x2 - 17.0f / 315.0f;
+    q = q * x2 + 2.0f / 15.0f;
+    q = q * x2 - 1.0f / 3.0f;
+    float small = x + x * x2 * q;
+    float e = fa_bwd_expf(2.0f * ax);
+    float big = copysignf((e - 1.0f) / (e + 1.0f), x);
+    return ax < 0.4f ? small : big;
+}
+
+/* The loops below are instantiated by each ISA file, so each gets its own vector width. */
+static inline void fa_bwd_softcap_loop(float *x, float *tc, int64_t n, float c) {
+    for (int64_t j = 0; j < n; ++j) {
+        float t = fa_bwd_tanhf(x[j] / c);
+        x[j] = c * t;
+        tc[j] = 1.0f - t * t;
+    }
+}
+
+static inline void fa_bwd_dropout_words_loop(uint32_t *w, uint64_t seed, uint64_t offset,
+                                             uint32_t bh, uint32_t i, uint32_t g0, int64_t ng) {
+    for (int64_t g = 0; g < ng; ++g) {
+        fa_philox_u32x4 r = fa_dropout_words(seed, offset, bh, i, g0 + (uint32_t)g);
+        for (int l = 0; l < 4; ++l) w[4 * g + l] = r.x[l];
+    }
+}
+
 static inline void fa_bwd_exp_affine_loop(float *x, int64_t n, float a, float b) {
     for (int64_t j = 0; j < n; ++j) x[j] = fa_bwd_expf(a * x[j] - b);
 }
