@@ -544,5 +544,4 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-const fa_bwd_kernels fa_bwd_kernels_scalar = {gemm_scalar, fa_bwd_exp_affine_loop, dot_scalar,
-                                              fa_bwd_softcap_loop, fa_bwd_dropout_words_loop};
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar);

@@ -110,4 +110,20 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
+/* Defines the kernel table `name` of one ISA file: its gemm and dot plus the shared loops
+ * above, compiled with that file's flags. */
+#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn)                                                \
+    static void name##_exp_affine(float *x, int64_t n, float a, float b) {                       \
+        fa_bwd_exp_affine_loop(x, n, a, b);                                                      \
+    }                                                                                            \
+    static void name##_softcap(float *x, float *tc, int64_t n, float c) {                        \
+        fa_bwd_softcap_loop(x, tc, n, c);                                                        \
+    }                                                                                            \
+    static void name##_dropout_words(uint32_t *w, uint64_t seed, uint64_t offset, uint32_t bh,   \
+                                     uint32_t i, uint32_t g0, int64_t ng) {                      \
+        fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);                               \
+    }                                                                                            \
+    const fa_bwd_kernels name = {gemm_fn, name##_exp_affine, dot_fn, name##_softcap,             \
+                                 name##_dropout_words}
+
 #endif /* FA_CPU_BWD_H */

@@ -69,20 +69,6 @@ static void gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
-static void exp_affine_avx512(float *x, int64_t n, float a, float b) {
-    fa_bwd_exp_affine_loop(x, n, a, b);
-}
-
 static float dot_avx512(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
 
-static void softcap_avx512(float *x, float *tc, int64_t n, float c) {
-    fa_bwd_softcap_loop(x, tc, n, c);
-}
-
-static void dropout_words_avx512(uint32_t *w, uint64_t seed, uint64_t offset, uint32_t bh,
-                               uint32_t i, uint32_t g0, int64_t ng) {
-    fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);
-}
-
-const fa_bwd_kernels fa_bwd_kernels_avx512 = {gemm_avx512, exp_affine_avx512, dot_avx512, softcap_avx512,
-                                          dropout_words_avx512};
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512, gemm_avx512, dot_avx512);
