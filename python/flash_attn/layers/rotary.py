@@ -44,6 +44,23 @@ def _rotate(x, cos, sin, interleaved):
     return out.to(x.dtype)
 
 
+def rotate_half(x, interleaved=False):
+    """(x1, x2) -> (-x2, x1) over the pairs rotary uses."""
+    if interleaved:
+        x1, x2 = x[..., ::2], x[..., 1::2]
+        return torch.stack((-x2, x1), dim=-1).flatten(-2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_emb_torch(x, cos, sin, interleaved=False):
+    """Reference rotary: x (batch, seqlen, nheads, headdim), cos/sin (seqlen, rotary_dim / 2)."""
+    rd = cos.shape[-1] * 2
+    rep = (lambda t: t.repeat_interleave(2, dim=-1)) if interleaved else (lambda t: torch.cat((t, t), dim=-1))
+    c, s = rep(cos)[:, None, :], rep(sin)[:, None, :]
+    return torch.cat((x[..., :rd] * c + rotate_half(x[..., :rd], interleaved) * s, x[..., rd:]), dim=-1)
+
+
 def apply_rotary_emb(x, cos, sin, interleaved=False, inplace=False, seqlen_offsets: Union[int, torch.Tensor] = 0,
                      cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None):
     """Returns x rotated (x itself when inplace). seqlen_offsets: int or (batch,) tensor added to
@@ -96,14 +113,12 @@ def apply_rotary_emb_kv_(kv, cos, sin, interleaved=False, seqlen_offsets: Union[
 
 class RotaryEmbedding(torch.nn.Module):
     """RoPE (Su et al.), optionally with XPos scaling (scale_base). Caches cos/sin up to the
-    longest sequence seen, in fp32 positions when pos_idx_in_fp32."""
+    longest sequence seen."""
 
-    def __init__(self, dim: int, base=10000.0, interleaved=False, scale_base=None,
-                 pos_idx_in_fp32=True, device=None):
+    def __init__(self, dim: int, base=10000.0, interleaved=False, scale_base=None, device=None):
         super().__init__()
         self.dim = dim
         self.base = float(base)
-        self.pos_idx_in_fp32 = pos_idx_in_fp32
         self.interleaved = interleaved
         self.scale_base = scale_base
         self.register_buffer("inv_freq", self._compute_inv_freq(device), persistent=False)
@@ -124,14 +139,10 @@ class RotaryEmbedding(torch.nn.Module):
         if not stale:
             return
         self._seq_len_cached = seqlen
-        if self.pos_idx_in_fp32:
-            t = torch.arange(seqlen, device=device, dtype=torch.float32)
-            inv_freq = self.inv_freq.to(torch.float32) if self.inv_freq.dtype != torch.float32 else self.inv_freq
-            if inv_freq.device != t.device:
-                inv_freq = self._compute_inv_freq(device)
-        else:
-            t = torch.arange(seqlen, device=device, dtype=self.inv_freq.dtype)
-            inv_freq = self.inv_freq
+        t = torch.arange(seqlen, device=device, dtype=torch.float32)  # positions in fp32: exact to 2^24
+        inv_freq = self.inv_freq.float()
+        if inv_freq.device != t.device:
+            inv_freq = self._compute_inv_freq(device)
         freqs = torch.outer(t, inv_freq)  # (seqlen, dim / 2)
         if self.scale is None:
             self._cos_cached, self._sin_cached = torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype)
