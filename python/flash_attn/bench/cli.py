@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ms", type=float, default=50.0)
     p.add_argument("--rep-ms", type=float, default=200.0)
     p.add_argument("--min-reps", type=int, default=3)
-    p.add_argument("--out", default="bench-results", help="folder for <suite>.json/.txt/.png")
+    p.add_argument("--out", default="bench-results",
+                   help="folder for <suite>.json, .txt (table), .md (markdown table), .png")
     p.add_argument("--replot", metavar="JSON", help="print the table and redraw the PNG of a run")
     return p
 
@@ -81,9 +82,11 @@ def _finish(doc: dict, out: str) -> None:
     text = report.table(doc)
     with open(base + ".txt", "w") as f:
         f.write(text + "\n")
+    with open(base + ".md", "w") as f:
+        f.write(report.table(doc, markdown=True) + "\n")
     print(f"\nsuite {doc['suite']} on {doc['device']}\n{text}")
     note = plot.plot(doc, base + ".png")
-    print(f"wrote {base}.json, {base}.txt" + (f"; {note}" if note else f", {base}.png"))
+    print(f"wrote {base}.json, .txt, .md" + (f"; {note}" if note else ", .png"))
 
 
 def run_suite(args, suite: str, device: str, threads: int, argv: list) -> dict:

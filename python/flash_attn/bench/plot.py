@@ -7,7 +7,7 @@ import math
 from collections import OrderedDict
 
 from .providers import OURS
-from .report import metric, ratio_to_best_peer
+from .report import flops_unit, metric, ratio_to_best_peer
 
 COLS = 4
 
@@ -40,6 +40,7 @@ def plot(doc: dict, path: str):
     if not configs:
         return "no results to plot"
     names = [p["name"] for p in doc["providers"] if p["available"]]
+    unit, scale = flops_unit(doc)
     ncols = min(COLS, len(configs))
     nrows = math.ceil(len(configs) / ncols)
     fig = plt.figure(figsize=(3.6 * ncols, 3.6 * nrows + 0.6), layout="constrained")
@@ -50,8 +51,10 @@ def plot(doc: dict, path: str):
         top = fig.add_subplot(grid[2 * r, c])
         bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
         xs = list(points)
+        decode = title.startswith("decode")
         for name in names:
             ys = [metric(points[x].get(name, {})) for x in xs]
+            ys = [y if y is None or decode else y * scale for y in ys]
             if any(y is not None for y in ys):
                 style = dict(lw=2.5, color="black") if name == OURS else dict(lw=1.2)
                 (line,) = top.plot(xs, [math.nan if y is None else y for y in ys], marker="o",
@@ -61,13 +64,15 @@ def plot(doc: dict, path: str):
         bottom.plot(xs, [math.nan if y is None else y for y in ratios], marker="o", ms=3,
                     color="black")
         bottom.axhline(1.0, color="gray", lw=0.8, ls="--")
+        top.set_ylim(bottom=0)  # honest bars: differences are not magnified
+        bottom.set_ylim(bottom=0)
         top.set_title(title, fontsize=9)
         top.set_xscale("log", base=2)
         bottom.set_xticks(xs, [f"{x // 1024}k" if x >= 1024 else str(x) for x in xs])
         bottom.minorticks_off()
-        top.set_ylabel("GB/s (K+V)" if title.startswith("decode") else "TFLOPS", fontsize=8)
+        top.set_ylabel("GB/s (K+V)" if decode else unit, fontsize=8)
         bottom.set_ylabel("ours/best", fontsize=8)
-        bottom.set_xlabel("kv cache length" if title.startswith("decode") else "seqlen", fontsize=8)
+        bottom.set_xlabel("kv cache length" if decode else "seqlen", fontsize=8)
         top.tick_params(labelsize=7, labelbottom=False)
         bottom.tick_params(labelsize=7)
         top.grid(alpha=0.3)

@@ -139,37 +139,48 @@ def summary(doc: dict) -> list:
     return out
 
 
-def _cell(row) -> str:
+def _cell(row, scale: float) -> str:
     if row is None:
         return "-"
     status = row.get("status")
     if status == "ok":
-        return f"{metric(row):.3g}"
+        return f"{metric(row) * scale:.3g}"
     return {"wrong": "WRONG", "unsupported": "n/a", "error": "ERR"}.get(status, "?")
 
 
-def table(doc: dict) -> str:
-    """Plain-text table: one line per case, one column per provider, plus ours / best peer."""
-    rows = doc["results"]
+def flops_unit(doc: dict) -> tuple:
+    """(name, factor from TFLOPS): GFLOPS reads better for CPU numbers."""
+    return ("GFLOPS", 1e3) if doc["device"] == "cpu" else ("TFLOPS", 1.0)
+
+
+def _case_label(case: dict) -> str:
+    head = f"{case['op']} {case['dtype']} d{case['head_dim']} "
+    if case["op"] == "decode":
+        return head + f"b{case['batch']} h{case['nheads']}/{case['nheads_k']} sk{case['seqlen_k']}"
+    return head + f"b{case['batch']} h{case['nheads']} s{case['seqlen_q']}" + (
+        " causal" if case["causal"] else "")
+
+
+def table(doc: dict, markdown: bool = False) -> str:
+    """One line per case, one column per provider, plus ours / best peer; text or markdown."""
     names = [p["name"] for p in doc["providers"] if p["available"]]
+    unit, scale = flops_unit(doc)
     head = ["case", "unit"] + names + ["ours/best"]
     lines = []
-    for key, per in by_case(rows).items():
+    for key, per in by_case(doc["results"]).items():
         case = dict(zip(CASE_KEYS, key))
-        label = (f"{case['op']} {case['dtype']} d{case['head_dim']} "
-                 + (f"b{case['batch']} h{case['nheads']}/{case['nheads_k']} sk{case['seqlen_k']}"
-                    if case["op"] == "decode" else
-                    f"b{case['batch']} h{case['nheads']} s{case['seqlen_q']}"
-                    + (" causal" if case["causal"] else "")))
+        decode = case["op"] == "decode"
         ratio = ratio_to_best_peer(per)
-        lines.append([label, "GB/s" if case["op"] == "decode" else "TFLOPS"]
-                     + [_cell(per.get(n)) for n in names]
+        lines.append([_case_label(case), "GB/s" if decode else unit]
+                     + [_cell(per.get(n), 1.0 if decode else scale) for n in names]
                      + [f"{ratio:.2f}" if ratio else "-"])
-    widths = [max(len(str(r[i])) for r in [head] + lines) for i in range(len(head))]
-    fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
-    out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
-    out += [fmt.format(*r) for r in lines]
-    notes = _notes(doc)
+    if markdown:
+        out = ["| " + " | ".join(r) + " |" for r in [head, ["---"] * len(head)] + lines]
+    else:
+        widths = [max(len(str(r[i])) for r in [head] + lines) for i in range(len(head))]
+        fmt = "  ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths))
+        out = [fmt.format(*r) for r in [head, ["-" * w for w in widths]] + lines]
+    notes = [("- " if markdown else "") + n for n in _notes(doc)]
     return "\n".join(out + ([""] + notes if notes else []))
 
 
