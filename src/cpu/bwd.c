@@ -93,6 +93,11 @@ typedef struct bwd_layout {
     size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
 } bwd_layout;
 
+/* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
+typedef struct bwd_scratch_layout {
+    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, total;
+} bwd_scratch_layout;
+
 typedef struct bwd_plan {
     const fa_problem *p;
     const fa_bwd_args *a;
@@ -102,7 +107,8 @@ typedef struct bwd_plan {
     bwd_view q32, do32, k32, v32; /* f32 copies, the tiles' operands */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
-    char *scratch;      /* L.scratch_bytes per thread */
+    char *scratch;      /* scratch_layout.total bytes per thread */
+    bwd_scratch_layout scratch_layout;
     int64_t group;      /* query heads per kv head */
     uint32_t drop_threshold;
     float drop_scale;   /* 1 / (1 - p) */
@@ -130,16 +136,29 @@ static bwd_seq seq_of(const bwd_plan *pl, int64_t b) {
 static size_t align_up(size_t n) { return (n + BWD_ALIGN - 1) / BWD_ALIGN * BWD_ALIGN; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Per-thread scratch, in floats, in the order bwd_scratch_of hands it out. */
-static size_t scratch_floats(const fa_problem *p) {
-    size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, d = (size_t)p->d, dv = (size_t)p->d_v;
-    size_t row = d > dv ? d : dv;
-    return align_up(bn * d * 4) / 4 * 2     /* kt, dk */
-           + align_up(bn * dv * 4) / 4 * 2  /* vt, dv */
-           + align_up(bm * bn * 4) / 4 * 3  /* s, dp, tc */
-           + align_up(bn * 4) / 4           /* z */
-           + align_up(row * 4) / 4          /* row */
-           + align_up((bn + 4) * 4) / 4;    /* words */
+static size_t take(size_t *at, size_t bytes) {
+    size_t offset = *at;
+    *at += align_up(bytes);
+    return offset;
+}
+
+static bwd_scratch_layout scratch_layout(const fa_problem *p) {
+    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float);
+    const size_t d = (size_t)p->d, dv = (size_t)p->d_v, row = d > dv ? d : dv;
+    bwd_scratch_layout o;
+    size_t at = 0;
+    o.kt = take(&at, d * bn * f);
+    o.dk = take(&at, bn * d * f);
+    o.vt = take(&at, dv * bn * f);
+    o.dv = take(&at, bn * dv * f);
+    o.s = take(&at, bm * bn * f);
+    o.dp = take(&at, bm * bn * f);
+    o.tc = take(&at, bm * bn * f);
+    o.z = take(&at, bn * f);
+    o.row = take(&at, row * f);
+    o.words = take(&at, (bn + 4) * sizeof(uint32_t));
+    o.total = at;
+    return o;
 }
 
 static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads, bwd_layout *L) {
@@ -157,7 +176,7 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads
     size_t q_row = (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4;
     size_t k_row = (size_t)p->nheads_k * (size_t)(p->d + p->d_v) * 4;
     L->copy_bytes = (size_t)L->rows * q_row + (size_t)L->rows_k * k_row + 4 * BWD_ALIGN;
-    L->scratch_bytes = scratch_floats(p) * sizeof(float);
+    L->scratch_bytes = scratch_layout(p).total;
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
 
@@ -185,17 +204,12 @@ typedef struct bwd_scratch {
 } bwd_scratch;
 
 static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
-    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N;
-    const size_t d = (size_t)pl->p->d, dv = (size_t)pl->p->d_v, row = d > dv ? d : dv;
-    char *at = pl->scratch + pl->L.scratch_bytes * (size_t)thread;
-    bwd_scratch sc;
-    float **slots[] = {&sc.kt, &sc.dk, &sc.vt, &sc.dv, &sc.s, &sc.dp, &sc.tc, &sc.z, &sc.row};
-    const size_t sizes[] = {d * bn, bn * d, dv * bn, bn * dv, bm * bn, bm * bn, bm * bn, bn, row};
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
-        *slots[i] = (float *)at;
-        at += align_up(sizes[i] * sizeof(float));
-    }
-    sc.words = (uint32_t *)at;
+    const bwd_scratch_layout *o = &pl->scratch_layout;
+    char *at = pl->scratch + o->total * (size_t)thread;
+    bwd_scratch sc = {(float *)(at + o->kt), (float *)(at + o->dk),   (float *)(at + o->vt),
+                      (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
+                      (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
+                      (float *)(at + o->row)};
     return sc;
 }
 
@@ -499,6 +513,7 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
         at += align_up((size_t)(nrows[i] * heads[i] * dims[i]) * sizeof(float));
     }
     pl->scratch = at;
+    pl->scratch_layout = scratch_layout(p);
     if (p->dropout_p > 0.0f) {
         pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
         pl->drop_scale = 1.0f / (1.0f - p->dropout_p);
