@@ -83,19 +83,16 @@ static void cu_check(CUresult r, const char *what) {
 }
 
 /* ---------------------------------------------------------------- mirrored tensors */
-#define MAX_MIRRORS 24
-
-typedef struct mirror {
-    fa_tensor *dev;  /* the device view patched in place (in the copied args) */
-    void *host;      /* the host view's data */
-    size_t bytes;    /* the span from data to the last element */
-    CUdeviceptr ptr;
-    int is_output;
-} mirror;
+/* Tensors whose host spans overlap (views into one packed buffer) share one device range, so
+ * outputs written through one view are not overwritten by another's copy. */
+#define MAX_VIEWS 24
 
 typedef struct mirrors {
-    mirror m[MAX_MIRRORS];
+    fa_tensor *view[MAX_VIEWS]; /* patched in place (in the copied args) */
+    int is_output[MAX_VIEWS];
     int n;
+    struct { char *lo, *hi; CUdeviceptr ptr; int is_output; } range[MAX_VIEWS];
+    int num_ranges;
 } mirrors;
 
 static size_t elem_size(int32_t dtype) {
@@ -111,32 +108,62 @@ static size_t span_bytes(const fa_tensor *t) {
     return (last + 1) * elem_size(t->dtype);
 }
 
-/* Replaces t's data with a device copy of its span (outputs too: the poison travels). */
-static void mirror_tensor(mirrors *ms, fa_tensor *t, int is_output) {
+static void add_view(mirrors *ms, fa_tensor *t, int is_output) {
     if (!t->data) return;
-    mirror *m = &ms->m[ms->n++];
-    m->dev = t;
-    m->host = t->data;
-    m->bytes = span_bytes(t);
-    m->is_output = is_output;
-    m->ptr = 0;
-    if (m->bytes == 0) {
-        t->data = (void *)(uintptr_t)0x1000; /* never dereferenced: the tensor is empty */
-        return;
-    }
-    cu_check(cu.alloc(&m->ptr, m->bytes), "cuMemAlloc");
-    cu_check(cu.h2d(m->ptr, m->host, m->bytes), "cuMemcpyHtoD");
-    t->data = (void *)(uintptr_t)m->ptr;
+    ms->view[ms->n] = t;
+    ms->is_output[ms->n++] = is_output;
 }
 
-/* Waits for the device, copies outputs back, frees everything. */
+/* Merges the views' spans into ranges, copies each range to the device, repoints the views. */
+static void mirrors_upload(mirrors *ms) {
+    ms->num_ranges = 0;
+    for (int v = 0; v < ms->n; ++v) {
+        char *lo = ms->view[v]->data, *hi = lo + span_bytes(ms->view[v]);
+        if (hi == lo) continue;
+        int r = 0;
+        while (r < ms->num_ranges && (hi <= ms->range[r].lo || lo >= ms->range[r].hi)) ++r;
+        if (r == ms->num_ranges) {
+            ms->range[r].lo = lo, ms->range[r].hi = hi, ms->range[r].is_output = 0;
+            ++ms->num_ranges;
+        }
+        if (lo < ms->range[r].lo) ms->range[r].lo = lo;
+        if (hi > ms->range[r].hi) ms->range[r].hi = hi;
+        ms->range[r].is_output |= ms->is_output[v];
+        /* a grown range may now touch another: merge them (rare; restart the scan) */
+        for (int o = 0; o < ms->num_ranges; ++o) {
+            if (o == r || ms->range[o].hi <= ms->range[r].lo || ms->range[o].lo >= ms->range[r].hi)
+                continue;
+            if (ms->range[o].lo < ms->range[r].lo) ms->range[r].lo = ms->range[o].lo;
+            if (ms->range[o].hi > ms->range[r].hi) ms->range[r].hi = ms->range[o].hi;
+            ms->range[r].is_output |= ms->range[o].is_output;
+            ms->range[o] = ms->range[--ms->num_ranges];
+            o = -1;
+        }
+    }
+    for (int r = 0; r < ms->num_ranges; ++r) {
+        size_t bytes = (size_t)(ms->range[r].hi - ms->range[r].lo);
+        cu_check(cu.alloc(&ms->range[r].ptr, bytes), "cuMemAlloc");
+        cu_check(cu.h2d(ms->range[r].ptr, ms->range[r].lo, bytes), "cuMemcpyHtoD");
+    }
+    for (int v = 0; v < ms->n; ++v) {
+        char *lo = ms->view[v]->data;
+        void *dev = (void *)(uintptr_t)0x1000; /* empty views are never dereferenced */
+        for (int r = 0; r < ms->num_ranges; ++r)
+            if (span_bytes(ms->view[v]) && lo >= ms->range[r].lo && lo < ms->range[r].hi)
+                dev = (void *)(uintptr_t)(ms->range[r].ptr + (size_t)(lo - ms->range[r].lo));
+        ms->view[v]->data = dev;
+    }
+}
+
+/* Waits for the device, copies ranges holding outputs back, frees everything. */
 static void mirrors_finish(mirrors *ms, fa_status st) {
     cu_check(cu.sync(), "the kernels (cuCtxSynchronize)");
-    for (int i = 0; i < ms->n; ++i) {
-        mirror *m = &ms->m[i];
-        if (m->bytes && m->is_output && st == FA_OK)
-            cu_check(cu.d2h(m->host, m->ptr, m->bytes), "cuMemcpyDtoH");
-        if (m->ptr) cu.free_(m->ptr);
+    for (int r = 0; r < ms->num_ranges; ++r) {
+        if (ms->range[r].is_output && st == FA_OK)
+            cu_check(cu.d2h(ms->range[r].lo, ms->range[r].ptr,
+                            (size_t)(ms->range[r].hi - ms->range[r].lo)),
+                     "cuMemcpyDtoH");
+        cu.free_(ms->range[r].ptr);
     }
 }
 
@@ -172,13 +199,14 @@ fa_status shim_fa_fwd(fa_context *ctx, const fa_fwd_args *a, const fa_options *o
     (void)ctx, (void)ws;
     if (!a) return fa_fwd(g_gpu, a, o, NULL, ws_bytes);
     fa_fwd_args d = *a;
-    mirrors ms = {.n = 0};
+    mirrors ms = {.n = 0, .num_ranges = 0};
     fa_tensor *in[] = {&d.q, &d.k, &d.v, &d.cu_seqlens_q, &d.cu_seqlens_k, &d.seqused_k,
                        &d.leftpad_k, &d.block_table, &d.alibi_slopes};
-    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) mirror_tensor(&ms, in[i], 0);
-    mirror_tensor(&ms, &d.out, 1);
-    mirror_tensor(&ms, &d.softmax_lse, 1);
-    mirror_tensor(&ms, &d.attn_probs, 1);
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) add_view(&ms, in[i], 0);
+    add_view(&ms, &d.out, 1);
+    add_view(&ms, &d.softmax_lse, 1);
+    add_view(&ms, &d.attn_probs, 1);
+    mirrors_upload(&ms);
     CUdeviceptr w = alloc_ws(ws_bytes);
     fa_status st = fa_fwd(g_gpu, &d, o, (void *)(uintptr_t)w, ws_bytes);
     mirrors_finish(&ms, st);
@@ -197,12 +225,13 @@ fa_status shim_fa_bwd(fa_context *ctx, const fa_bwd_args *a, const fa_options *o
     (void)ctx, (void)ws;
     if (!a) return fa_bwd(g_gpu, a, o, NULL, ws_bytes);
     fa_bwd_args d = *a;
-    mirrors ms = {.n = 0};
+    mirrors ms = {.n = 0, .num_ranges = 0};
     fa_tensor *in[] = {&d.dout, &d.q, &d.k, &d.v, &d.out, &d.softmax_lse, &d.cu_seqlens_q,
                        &d.cu_seqlens_k, &d.alibi_slopes};
-    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) mirror_tensor(&ms, in[i], 0);
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) add_view(&ms, in[i], 0);
     fa_tensor *out[] = {&d.dq, &d.dk, &d.dv, &d.softmax_d};
-    for (size_t i = 0; i < sizeof out / sizeof out[0]; ++i) mirror_tensor(&ms, out[i], 1);
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; ++i) add_view(&ms, out[i], 1);
+    mirrors_upload(&ms);
     CUdeviceptr w = alloc_ws(ws_bytes);
     fa_status st = fa_bwd(g_gpu, &d, o, (void *)(uintptr_t)w, ws_bytes);
     mirrors_finish(&ms, st);
@@ -221,13 +250,14 @@ fa_status shim_fa_fwd_kvcache(fa_context *ctx, const fa_kvcache_args *a, const f
     (void)ctx, (void)ws;
     if (!a) return fa_fwd_kvcache(g_gpu, a, o, NULL, ws_bytes);
     fa_kvcache_args d = *a;
-    mirrors ms = {.n = 0};
+    mirrors ms = {.n = 0, .num_ranges = 0};
     fa_tensor *in[] = {&d.q, &d.k_new, &d.v_new, &d.cache_seqlens, &d.cache_batch_idx,
                        &d.cache_leftpad, &d.block_table, &d.rotary_cos, &d.rotary_sin,
                        &d.alibi_slopes};
-    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) mirror_tensor(&ms, in[i], 0);
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) add_view(&ms, in[i], 0);
     fa_tensor *out[] = {&d.k_cache, &d.v_cache, &d.out, &d.softmax_lse}; /* caches: in place */
-    for (size_t i = 0; i < sizeof out / sizeof out[0]; ++i) mirror_tensor(&ms, out[i], 1);
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; ++i) add_view(&ms, out[i], 1);
+    mirrors_upload(&ms);
     CUdeviceptr w = alloc_ws(ws_bytes);
     fa_status st = fa_fwd_kvcache(g_gpu, &d, o, (void *)(uintptr_t)w, ws_bytes);
     mirrors_finish(&ms, st);

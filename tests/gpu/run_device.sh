@@ -25,11 +25,14 @@ for step in $steps; do
         "$t" 2>&1 | tee "$OUT/$(basename "$t").log" | grep -E "^(seed|cuda|FAIL|SKIP|ok|PASS)|passed|failed|error" | head -60
         r=${PIPESTATUS[0]}; echo "$(basename "$t") exit $r"; [ "$r" = 0 ] || rc=1
       done ;;
-    sanitize)
+    sanitize)  # small shapes: a few subtests of each grid (SAN_CASES="test:filter ...")
       for tool in memcheck racecheck; do
-        FA_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 3 $B/tests/gpu/gpu_test_fwd ${SAN_FILTER:-} \
-          > "$OUT/sanitize_$tool.log" 2>&1
-        r=$?; echo "compute-sanitizer $tool exit $r"; tail -3 "$OUT/sanitize_$tool.log"; [ "$r" = 0 ] || rc=1
+        for tc in ${SAN_CASES:-fwd:gqa fwd:paged fwd:options bwd:gqa kvcache:paged kvcache:rotary}; do
+          FA_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 3 \
+            $B/tests/gpu/gpu_test_${tc%%:*} ${tc#*:} > "$OUT/san_${tool}_${tc%%:*}_${tc#*:}.log" 2>&1
+          r=$?; echo "compute-sanitizer $tool $tc exit $r: $(grep -h "ERROR SUMMARY" "$OUT/san_${tool}_${tc%%:*}_${tc#*:}.log")"
+          [ "$r" = 0 ] || rc=1
+        done
       done ;;
     precompile)
       FLASHATTN_CACHE_DIR=/tmp/fa-jit-pre $B/tests/gpu/precompile_check --require-nvrtc sm_80 sm_90a || rc=1 ;;
