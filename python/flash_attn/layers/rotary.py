@@ -32,8 +32,8 @@ def _positions(x, seqlen_offsets, cu_seqlens):
 
 
 def _rotate(x, cos, sin, interleaved):
-    """x (..., rotary_dim), cos/sin (..., rotary_dim / 2) broadcastable; computed in fp32."""
-    xf = x.float()
+    """x (..., rotary_dim), cos/sin (..., rotary_dim / 2) broadcastable; computed in >= fp32."""
+    xf = x.to(cos.dtype)
     if interleaved:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]
     else:
@@ -72,8 +72,9 @@ def apply_rotary_emb(x, cos, sin, interleaved=False, inplace=False, seqlen_offse
     if sin.shape != cos.shape:
         raise ValueError(f"apply_rotary_emb: sin.shape {tuple(sin.shape)} must equal cos.shape {tuple(cos.shape)}")
     pos = _positions(x, seqlen_offsets, cu_seqlens)
-    c = cos.float()[pos].unsqueeze(-2)  # (..., 1, rotary_dim / 2): broadcast over heads
-    s = sin.float()[pos].unsqueeze(-2)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    c = cos.to(compute)[pos].unsqueeze(-2)  # (..., 1, rotary_dim / 2): broadcast over heads
+    s = sin.to(compute)[pos].unsqueeze(-2)
     rotated = _rotate(x[..., :rotary_dim], c, s, interleaved)
     if inplace:
         x[..., :rotary_dim] = rotated
