@@ -247,24 +247,14 @@ static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, i
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
-    int64_t d_pad = run->L->d_pad, dv_pad = run->L->dv_pad;
     int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
-    for (int64_t j = 0; j < FA_BLOCK_N; ++j) {
-        float *kd = w->kf + j * d_pad, *vd = w->vf + j * dv_pad;
-        int64_t kc = 0, vc = 0;
-        if (j < n) {
-            run->kern->load_row(p->dtype, key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page,
-                                                  it->hk * pl->k_head, j0 + j), kd, p->d);
-            run->kern->load_row(p->dtype, key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page,
-                                                  it->hk * pl->v_head, j0 + j), vd, p->d_v);
-            kc = p->d;
-            vc = p->d_v;
-        }
-        memset(kd + kc, 0, (size_t)(d_pad - kc) * sizeof(float));
-        memset(vd + vc, 0, (size_t)(dv_pad - vc) * sizeof(float));
+    const void *k_rows[FA_BLOCK_N], *v_rows[FA_BLOCK_N];
+    for (int64_t j = 0; j < n; ++j) {
+        k_rows[j] = key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
+        v_rows[j] = key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j);
     }
-    run->kern->pack_k(w->kf, (int)p->d, (int)d_pad, w->kp);
-    run->kern->pack_v(w->vf, (int)dv_pad, w->vp);
+    run->kern->pack_k(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
+    run->kern->pack_v(p->dtype, v_rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
 }
 
 /* ---------------------------------------------------------------- score epilogues */

@@ -73,22 +73,23 @@ void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_
 
 /* ---------------------------------------------------------------- micro-kernels (per ISA) */
 /*
- * Operand layouts are owned by each kernel set: prep_q turns an f32 Q tile [m][d] into the
- * QK left operand, pack_k an f32 K tile [FA_BLOCK_N][d] into the right operand, pack_v an f32
- * V tile [FA_BLOCK_N][dv] into the PV right operand. Padding rows/columns are zero.
+ * Operand layouts are owned by each kernel set: prep_q turns an f32 Q tile [m][d_pad] into
+ * the QK left operand; pack_k / pack_v read n <= FA_BLOCK_N key rows straight from the inputs
+ * (dtype, one pointer per key; keys n.. are zero) into the QK / PV right operands.
  *   qk: s[m][FA_BLOCK_N] = Q Kᵀ (raw dot products)
  *   pv: acc[m][dv_pad] += p[m][FA_BLOCK_N] · V   (p f32; kernels may round it to bf16)
  *   load_row/store_row: fa_load_row_f32/fa_store_row_f32, vectorised where the ISA can;
  *   row_max: max of n raw scores;  exp_sum: s = 2^(s * c - shift) in place, returns the sum;
  *   2^(-inf) must be exactly 0.
  */
+typedef void (*fa_load_row_fn)(int32_t dtype, const void *src, float *dst, int64_t n);
 typedef struct fa_fwd_kernels {
     const char *name;
-    void (*load_row)(int32_t dtype, const void *src, float *dst, int64_t n);       /* to f32 */
-    void (*store_row)(int32_t dtype, const float *src, void *dst, int64_t n);      /* from f32 */
+    fa_load_row_fn load_row;                                                  /* to f32 */
+    void (*store_row)(int32_t dtype, const float *src, void *dst, int64_t n); /* from f32 */
     void (*prep_q)(const float *q, int m, int d, int d_pad, void *dst);
-    void (*pack_k)(const float *k, int d, int d_pad, void *dst);
-    void (*pack_v)(const float *v, int dv_pad, void *dst);
+    void (*pack_k)(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst);
+    void (*pack_v)(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad, void *dst);
     void (*qk)(const void *q, const void *kp, int m, int d_pad, float *s);
     void (*pv)(const float *p, const void *vp, int m, int dv_pad, float *acc);
     float (*row_max)(const float *s, int n);
@@ -96,10 +97,13 @@ typedef struct fa_fwd_kernels {
 } fa_fwd_kernels;
 
 /* The f32 operand layouts shared by the f32 kernel sets (fwd_kernels_scalar.c):
- * Q [m][d_pad], Kᵀ panel [d_pad][FA_BLOCK_N], V panel [FA_BLOCK_N][dv_pad]. */
+ * Q [m][d_pad], Kᵀ panel [d_pad][FA_BLOCK_N], V panel [FA_BLOCK_N][dv_pad]; rows are
+ * converted with the set's load_row. */
 void fa_fwd_prep_q_f32(const float *q, int m, int d, int d_pad, void *dst);
-void fa_fwd_pack_k_f32(const float *k, int d, int d_pad, void *dst);
-void fa_fwd_pack_v_f32(const float *v, int dv_pad, void *dst);
+void fa_fwd_pack_k_f32(fa_load_row_fn load, int32_t dtype, const void *const *rows, int n, int d,
+                       int d_pad, void *dst);
+void fa_fwd_pack_v_f32(fa_load_row_fn load, int32_t dtype, const void *const *rows, int n, int dv,
+                       int dv_pad, void *dst);
 
 extern const fa_fwd_kernels fa_fwd_kernels_scalar;
 #if defined(FA_HAVE_X86)

@@ -31,6 +31,15 @@ static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
     if (i < n) fa_load_row_f32(dtype, (const uint16_t *)src + i, dst + i, n - i);
 }
 
+static void pack_k_f32(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
+    fa_fwd_pack_k_f32(load_row, dtype, rows, n, d, d_pad, dst);
+}
+
+static void pack_v_f32(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
+                       void *dst) {
+    fa_fwd_pack_v_f32(load_row, dtype, rows, n, dv, dv_pad, dst);
+}
+
 static float hmax(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -164,5 +173,5 @@ static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
 }
 
 const fa_fwd_kernels fa_fwd_kernels_avx2 = {"avx2", load_row, fa_store_row_f32,
-                                            fa_fwd_prep_q_f32, fa_fwd_pack_k_f32,
-                                            fa_fwd_pack_v_f32, qk, pv, row_max, exp_sum};
+                                            fa_fwd_prep_q_f32, pack_k_f32,
+                                            pack_v_f32, qk, pv, row_max, exp_sum};

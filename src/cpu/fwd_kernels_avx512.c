@@ -91,6 +91,16 @@ static float exp_sum(float *s, int n, float c, float shift) {
 }
 
 /* ---------------------------------------------------------------- f32 set */
+static void pack_k_f32(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
+    fa_fwd_pack_k_f32(load_row, dtype, rows, n, d, d_pad, dst);
+}
+
+static void pack_v_f32(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
+                       void *dst) {
+    fa_fwd_pack_v_f32(load_row, dtype, rows, n, dv, dv_pad, dst);
+}
+
+
 /* s[rows][64] = Q[rows] Kᵀ for rows <= MR (a compile-time constant after inlining). */
 FA_INLINE void qk_block_f32(const float *q, const float *kt, int d_pad, float *s, const int rows) {
     __m512 acc[MR][NV];
@@ -163,8 +173,8 @@ static void pv_f32(const float *p, const void *vp, int m, int dv_pad, float *acc
 }
 
 const fa_fwd_kernels fa_fwd_kernels_avx512 = {"avx512", load_row, fa_store_row_f32,
-                                              fa_fwd_prep_q_f32, fa_fwd_pack_k_f32,
-                                              fa_fwd_pack_v_f32, qk_f32, pv_f32, row_max,
+                                              fa_fwd_prep_q_f32, pack_k_f32,
+                                              pack_v_f32, qk_f32, pv_f32, row_max,
                                               exp_sum};
 
 /* ---------------------------------------------------------------- bf16 set (vdpbf16ps) */
@@ -178,27 +188,55 @@ FA_INLINE void to_bf16(const float *src, uint16_t *dst, int n) {
 
 static void prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
     uint16_t *out = dst;
+    int64_t n = (int64_t)m * d_pad, i = 0;
     (void)d;
-    for (int64_t i = 0; i < (int64_t)m * d_pad; ++i) out[i] = fa_f32_to_bf16(q[i]);
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q + i)));
+    for (; i < n; ++i) out[i] = fa_f32_to_bf16(q[i]);
 }
 
-/* K panel [d_pad / 2][64][2]: the pair (k[j][2c], k[j][2c + 1]) of key j at [c][j]. */
-static void pack_k_bf16(const float *k, int d, int d_pad, void *dst) {
+/* K panel [d_pad / 2][64] of bf16 pairs: pair c of key j, (k[j][2c], k[j][2c + 1]), at [c][j].
+ * The inputs are bf16 already, so this is a 32-bit transpose. */
+static void pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
     uint32_t *kp = dst;
-    (void)d;
-    for (int j = 0; j < FA_BLOCK_N; ++j)
-        for (int c = 0; c < d_pad / 2; ++c)
-            kp[c * FA_BLOCK_N + j] = (uint32_t)fa_f32_to_bf16(k[j * d_pad + 2 * c]) |
-                                     (uint32_t)fa_f32_to_bf16(k[j * d_pad + 2 * c + 1]) << 16;
+    (void)dtype;
+    for (int j = 0; j < n; ++j) {
+        const uint16_t *src = rows[j];
+        for (int c = 0; c < d / 2; ++c) {
+            uint32_t pair;
+            memcpy(&pair, src + 2 * c, sizeof pair);
+            kp[c * FA_BLOCK_N + j] = pair;
+        }
+        if (d & 1) kp[(d / 2) * FA_BLOCK_N + j] = src[d - 1];
+    }
+    for (int c = 0; c < d_pad / 2; ++c)
+        for (int j = n; j < FA_BLOCK_N; ++j) kp[c * FA_BLOCK_N + j] = 0;
 }
 
-/* V panel [32][dv_pad][2]: the pair (v[2t][c], v[2t + 1][c]) at [t][c]. */
-static void pack_v_bf16(const float *v, int dv_pad, void *dst) {
-    uint32_t *vp = dst;
-    for (int t = 0; t < FA_BLOCK_N / 2; ++t)
-        for (int c = 0; c < dv_pad; ++c)
-            vp[t * dv_pad + c] = (uint32_t)fa_f32_to_bf16(v[2 * t * dv_pad + c]) |
-                                 (uint32_t)fa_f32_to_bf16(v[(2 * t + 1) * dv_pad + c]) << 16;
+/* V panel [32][dv_pad] of bf16 pairs along the keys: (v[2t][c], v[2t + 1][c]) at [t][c]. */
+static void pack_v_bf16(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
+                        void *dst) {
+    static const uint16_t zero_row[256];
+    uint16_t *vp = dst;
+    const __m512i interleave = _mm512_set_epi16(
+        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    (void)dtype;
+    for (int t = 0; t < FA_BLOCK_N / 2; ++t) {
+        const uint16_t *a = 2 * t < n ? rows[2 * t] : zero_row;
+        const uint16_t *b = 2 * t + 1 < n ? rows[2 * t + 1] : zero_row;
+        uint16_t *out = vp + 2 * (size_t)t * dv_pad;
+        int c = 0;
+        for (; c + 16 <= dv; c += 16) {
+            __m512i x = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + c)));
+            __m512i y = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b + c)));
+            _mm512_storeu_si512((void *)(out + 2 * c), _mm512_permutex2var_epi16(x, interleave, y));
+        }
+        for (; c < dv_pad; ++c) {
+            out[2 * c] = c < dv ? a[c] : 0;
+            out[2 * c + 1] = c < dv ? b[c] : 0;
+        }
+    }
 }
 
 FA_INLINE __m512bh bcast_pair(const uint32_t *x) { return (__m512bh)_mm512_set1_epi32((int)*x); }

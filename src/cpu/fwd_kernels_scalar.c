@@ -15,15 +15,34 @@ void fa_fwd_prep_q_f32(const float *q, int m, int d, int d_pad, void *dst) {
     memcpy(dst, q, (size_t)m * (size_t)d_pad * sizeof(float));
 }
 
-void fa_fwd_pack_k_f32(const float *k, int d, int d_pad, void *dst) {
-    float *kt = dst;
-    (void)d;
-    for (int j = 0; j < FA_BLOCK_N; ++j)
-        for (int c = 0; c < d_pad; ++c) kt[c * FA_BLOCK_N + j] = k[j * d_pad + c];
+void fa_fwd_pack_k_f32(fa_load_row_fn load, int32_t dtype, const void *const *rows, int n, int d,
+                       int d_pad, void *dst) {
+    float *kt = dst, row[256];
+    for (int j = 0; j < FA_BLOCK_N; ++j) {
+        if (j < n) load(dtype, rows[j], row, d);
+        for (int c = 0; c < d_pad; ++c) kt[c * FA_BLOCK_N + j] = j < n && c < d ? row[c] : 0.0f;
+    }
 }
 
-void fa_fwd_pack_v_f32(const float *v, int dv_pad, void *dst) {
-    memcpy(dst, v, (size_t)FA_BLOCK_N * (size_t)dv_pad * sizeof(float));
+void fa_fwd_pack_v_f32(fa_load_row_fn load, int32_t dtype, const void *const *rows, int n, int dv,
+                       int dv_pad, void *dst) {
+    float *v = dst;
+    for (int j = 0; j < FA_BLOCK_N; ++j) {
+        int done = 0;
+        if (j < n) {
+            load(dtype, rows[j], v + j * dv_pad, dv);
+            done = dv;
+        }
+        memset(v + j * dv_pad + done, 0, (size_t)(dv_pad - done) * sizeof(float));
+    }
+}
+
+static void pack_k(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
+    fa_fwd_pack_k_f32(fa_load_row_f32, dtype, rows, n, d, d_pad, dst);
+}
+
+static void pack_v(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad, void *dst) {
+    fa_fwd_pack_v_f32(fa_load_row_f32, dtype, rows, n, dv, dv_pad, dst);
 }
 
 /* s[m][FA_BLOCK_N] = Q Kᵀ */
@@ -70,5 +89,5 @@ static float exp_sum(float *s, int n, float c, float shift) {
 }
 
 const fa_fwd_kernels fa_fwd_kernels_scalar = {"scalar", fa_load_row_f32, fa_store_row_f32, fa_fwd_prep_q_f32,
-                                              fa_fwd_pack_k_f32, fa_fwd_pack_v_f32, qk, pv,
+                                              pack_k, pack_v, qk, pv,
                                               row_max, exp_sum};
