@@ -2,6 +2,8 @@
 kernel an attention implementation; a tiny randomly initialised Llama (no downloads) gives the
 same logits and generations as transformers' sdpa, with and without padding."""
 
+import copy
+
 import pytest
 import torch
 
@@ -15,8 +17,10 @@ def _models():
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     torch.manual_seed(0)
     name = register()
-    ours = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=name).eval()
-    sdpa = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    # separate configs: from_config records the implementation in the config it is given
+    ours = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=name).eval()
+    sdpa = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").eval()
+    assert ours.config._attn_implementation == name and sdpa.config._attn_implementation == "sdpa"
     sdpa.load_state_dict(ours.state_dict())
     return ours, sdpa
 
