@@ -31,14 +31,14 @@ for step in $steps; do
           log=/tmp/fa-san-$tool-${tc%%:*}-${tc#*:}.log  # many: kept off $OUT (8 files at most)
           FA_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 3 \
             $B/tests/gpu/gpu_test_${tc%%:*} ${tc#*:} > "$log" 2>&1
-          r=$?; echo "compute-sanitizer $tool $tc exit $r: $(grep -h "ERROR SUMMARY" "$log")"
+          r=$?; echo "compute-sanitizer $tool $tc exit $r: $(grep -h "SUMMARY" "$log" | tr -s " " | head -2 | tr "\n" " ")"
           [ "$r" = 0 ] || { rc=1; grep -v "^ok\|^  " "$log" | head -30; cat "$log" >> "$OUT/sanitize_failures.log"; }
         done
       done ;;
     precompile)
       FLASHATTN_CACHE_DIR=/tmp/fa-jit-pre $B/tests/gpu/precompile_check --require-nvrtc sm_80 sm_90a || rc=1 ;;
     bench)
-      python3 tests/gpu/bench_cuda.py 2>&1 | tee "$OUT/bench.log" | tail -60 || rc=1 ;;
+      FLASHATTN_CACHE_DIR=/tmp/fa-jit-bench-$$ FLASHATTN_LIBRARY=$B/libflashattn.so PYTHONUNBUFFERED=1 python3 tests/gpu/bench_cuda.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60 || rc=1 ;;
   esac
 done
 exit $rc
