@@ -68,8 +68,8 @@ typedef struct kvcase {
 /* Rotary tables as GPT-style models build them: angle pos * 10000^(-2c / rotary_dim). */
 static void fill_rotary(kvcase *kc, int64_t s_ro) {
     int64_t half = kc->c.rotary_dim / 2;
-    kc->cos = TT(kc->c.dtype, 0, s_ro, half);
-    kc->sin = TT(kc->c.dtype, 0, s_ro, half);
+    kc->cos = TT(kc->c.dtype, kc->c.pad, s_ro, half);
+    kc->sin = TT(kc->c.dtype, kc->c.pad, s_ro, half);
     for (int64_t p = 0; p < s_ro; ++p)
         for (int64_t c = 0; c < half; ++c) {
             double angle = (double)p * pow(10000.0, -2.0 * (double)c / (double)kc->c.rotary_dim);
@@ -203,9 +203,14 @@ static void kv_check(const kvcfg *c) {
         if (s == 0) {
             tt_copy_values(&first, &kc.out.v);
         } else {
-            /* splits change only the order of f32 sums: a dtype ulp or two */
+            /* splits change the order of sums and where p is rounded (bf16 kernels): a few
+             * dtype ulps at the output's scale (each run is also held to the rule above) */
+            double mag = 0;
+            int64_t idx[FA_MAX_DIMS];
+            for (int64_t n = 0; n < tt_numel(&first.v); ++n)
+                tt_unravel(&first.v, n, idx), mag = fmax(mag, fabs(tt_get(&first.v, idx)));
             snprintf(what, sizeof what, "%s splits %d vs %d", desc, kc.o.num_splits, c->num_splits);
-            check_close(what, &kc.out.v, &first.v, 2e-6, 2 * dtype_eps(c->dtype));
+            check_close(what, &kc.out.v, &first.v, 4 * dtype_eps(c->dtype) * mag + 1e-6, 0);
         }
     }
     tt *all[] = {&r_out, &r_lse, &p_out, &p_lse, &r_k, &r_v, &p_k, &p_v, &first};
@@ -273,6 +278,33 @@ static void test_rotary(void) {
     kv_check(&c);
 }
 
+/* s_q > s_new under causal puts q rows at cache_seqlens + i >= the capacity: with a table of
+ * exactly the capacity (flash-attn's minimum) those rows have no rotary entry. The library must
+ * refuse (invalid argument) or stay inside the table; the padding after it is NaN, so reading
+ * past it shows up in out (and ASan sees it in the sanitizer build). */
+static void test_rotary_positions_past_the_table(void) {
+    kvcfg c = kv_basic(FA_DTYPE_F32, 1, 6, 32, 2, 2, 2, 16);
+    c.rotary_dim = 8, c.causal = true;
+    kvcase kc = kv_make(&c);
+    kc.seqlens[0] = 30; /* full: q rows at positions 30..35 */
+    tt_free(&kc.cos), tt_free(&kc.sin);
+    kc.c.rotary_dim = 8;
+    fill_rotary(&kc, 32);
+    size_t bytes = 0;
+    fa_status st = fa_fwd_kvcache_workspace_size(test_ctx(), &kc.a, &kc.o, &bytes);
+    void *ws = st == FA_OK ? alloc_workspace(bytes) : NULL;
+    tt_poison(&kc.out);
+    if (st == FA_OK) st = fa_fwd_kvcache(test_ctx(), &kc.a, &kc.o, ws, bytes);
+    free(ws);
+    CHECK(st == FA_OK || st == FA_ERR_INVALID_ARGUMENT, "rotary past the table: %s",
+          fa_status_string(st));
+    if (st == FA_OK)
+        CHECK(!tt_has_nan(&kc.out.v) && !tt_has_nan(&kc.lse.v),
+              "q rows at positions past rotary_cos.shape[0] read outside the table (NaN in out); "
+              "validation should reject cache_seqlens + s_q > seqlen_ro when causal/local");
+    kv_free(&kc);
+}
+
 static void test_batch_idx_and_leftpad(void) {
     for (int t = 0; t < 3; ++t) {
         kvcfg c = kv_basic(k_dtypes[t], 4, 5, 70, 3, 4, 1, 32);
@@ -328,6 +360,8 @@ int main(int argc, char **argv) {
         {"paged", test_paged},
         {"strided", test_strided},
         {"isa_grid", test_isa_grid},
+        /* last: if it reads out of bounds, ASan stops the program here */
+        {"rotary_positions_past_the_table", test_rotary_positions_past_the_table},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }
