@@ -8,7 +8,8 @@
  *                 counts 2.5x the forward (flash-attn's convention).
  *   decode        GB/s of K+V read by one query token per sequence against a long GQA cache.
  * and first the machine's memory copy bandwidth with all threads (bytes read + written, as STREAM
- * copy), so decode can be read as a fraction of it.
+ * copy), so decode can be read as a fraction of it. Before each timed decode call a buffer of
+ * twice the last-level cache is written, so K and V come from memory.
  *
  * Shapes: fwd/bwd keep batch * seqlen = 4096 tokens and nheads * d = 256, so every seqlen does
  * the same work per token. Each case's first call is checked: forward rows against a float64
@@ -56,20 +57,50 @@ static double median(double *v, int n) {
 
 typedef fa_status (*run_fn)(void *state);
 
-/* One warm-up call, then calls until min_time and min_reps are both reached (at most 64).
- * Returns the median seconds per call, or a negative value if a call failed. */
-static double time_median(run_fn run, void *state, const options *o) {
-    double t[64];
+/* Bytes written before each timed call so its inputs are not in the last-level cache;
+ * NULL = no flush (compute-bound cases). */
+typedef struct cache_flush {
+    char *buf;
+    size_t bytes;
+} cache_flush;
+
+/* One warm-up call, then calls until min_time (of timed calls) and min_reps are both reached,
+ * at most 64. Returns the median seconds per call, or a negative value if a call failed. */
+static double time_median(run_fn run, void *state, const options *o, const cache_flush *flush) {
+    double t[64], total = 0.0;
     int n = 0;
     if (run(state) != FA_OK)
         return -1.0;
-    for (double start = now_s(); n < 64 && (n < o->min_reps || now_s() - start < o->min_time); n++) {
+    for (; n < 64 && (n < o->min_reps || total < o->min_time); n++) {
+        if (flush)
+            memset(flush->buf, n & 0xff, flush->bytes);
         double t0 = now_s();
         if (run(state) != FA_OK)
             return -1.0;
         t[n] = now_s() - t0;
+        total += t[n];
     }
     return median(t, n);
+}
+
+/* The last-level cache size from sysfs (Linux), else 32 MiB. */
+static size_t llc_bytes(void) {
+    size_t best = 0;
+    for (int i = 0; i < 8; i++) {
+        char path[96], text[32];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(text, sizeof text, f)) {
+            char *end;
+            size_t v = (size_t)strtoull(text, &end, 10);
+            v <<= *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+            best = v > best ? v : best;
+        }
+        fclose(f);
+    }
+    return best ? best : (size_t)32 << 20;
 }
 
 /* ---------------------------------------------------------------- memory copy bandwidth */
@@ -374,7 +405,8 @@ static const char *first_call_check(const attn_case *c, bench_state *s, char *ms
 }
 
 /* Runs one case at every thread count and prints one row each; returns false on failure. */
-static bool bench_case(const attn_case *c, fa_context *ctx, const options *o, double copy_bw) {
+static bool bench_case(const attn_case *c, fa_context *ctx, const options *o, double copy_bw,
+                       const cache_flush *flush) {
     bench_state s = {.ctx = ctx, .opts = fa_options_default()};
     bool ok = true;
     s.opts.causal = c->causal;
@@ -389,7 +421,7 @@ static bool bench_case(const attn_case *c, fa_context *ctx, const options *o, do
                               : first_call_check(c, &s, msg, sizeof msg);
         double t = -1.0;
         if (!problem) {
-            t = time_median(runner_for(c->op), &s, o);
+            t = time_median(runner_for(c->op), &s, o, c->op == OP_DECODE ? flush : NULL);
             if (t < 0)
                 problem = "a timed call failed";
         }
@@ -518,16 +550,25 @@ int main(int argc, char **argv) {
                         int64_t s = seqlens[si], h = HIDDEN / dims[di];
                         int64_t b = tokens / s > 0 ? tokens / s : 1;
                         attn_case c = {(op_kind)op, dtypes[t], b, s, s, h, h, dims[di], causal};
-                        ok &= bench_case(&c, ctx, &o, copy_bw);
+                        ok &= bench_case(&c, ctx, &o, copy_bw, NULL);
                     }
+    /* Decode is memory-bound: evict K/V from the cache before each call, as a long-running
+     * server would find them. */
+    cache_flush flush = {NULL, 2 * llc_bytes()};
+    flush.buf = malloc(flush.bytes);
+    if (!flush.buf) {
+        fprintf(stderr, "out of memory for the cache flush buffer\n");
+        return 1;
+    }
     print_header("K+V read");
     for (int t = 0; t < 2; t++)
         for (int di = 0; di < ndims; di++)
             for (int ci = 0; ci < ncache; ci++) {
                 attn_case c = {OP_DECODE, dtypes[t], 1, 1, caches[ci], 32, 8, dims[di], false};
-                ok &= bench_case(&c, ctx, &o, copy_bw);
+                ok &= bench_case(&c, ctx, &o, copy_bw, &flush);
             }
     print_load();
+    free(flush.buf);
     fa_context_destroy(ctx);
     return ok ? 0 : 1;
 }
