@@ -50,10 +50,15 @@ static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa
     const int width = is_v ? FA_HDV : FA_HD, stride = is_v ? SV_STRIDE : SK_STRIDE;
     const int chunks = width / 8, dim = is_v ? p.d_v : p.d;
     const fa_u16 *base = (const fa_u16 *)(is_v ? p.v : p.k);
+    const fa_i64 rs = is_v ? p.v_row_stride : p.k_row_stride;
+    /* dense layouts: the tile's rows are rs apart from one base; paged: looked up per row */
+    const fa_u16 *tile = p.block_table ? base : base + fa_kv_offset(p, s, n0, hk, is_v);
     for (int c = threadIdx.x; c < FA_BN * chunks; c += NTHREADS) {
         const int r = c / chunks, col = (c % chunks) * 8, j = n0 + r;
         const int n_valid = j < s.seqlen_k ? min(8, max(0, dim - col)) : 0;
-        const fa_u16 *src = base + (n_valid ? fa_kv_offset(p, s, j, hk, is_v) + col : 0);
+        const fa_u16 *src = !n_valid ? base
+                            : p.block_table ? base + fa_kv_offset(p, s, j, hk, is_v) + col
+                                            : tile + r * rs + col;
         copy8(dst + r * stride + col, src, n_valid, p.vec_io);
     }
 }
@@ -149,23 +154,42 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
             fa_cp_async_commit();
         }
 
-        /* Scores in the log2 domain; the mask only on tiles that need it. */
+        /* Scores in the log2 domain; the mask only on tiles that need it. Uniform branches
+         * around whole loops, so the plain path never pays for softcap/ALiBi/mask code. */
         const bool full = n0 + FA_BN <= s.seqlen_k &&
                           (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
                           (p.window_right < 0 || n0 + FA_BN - 1 <= m0 + diag0 + p.window_right);
+        if (plain) {
 #pragma unroll
-        for (int mt = 0; mt < FA_MT; ++mt)
+            for (int mt = 0; mt < FA_MT; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < FA_BN / 8; ++nt)
+                for (int nt = 0; nt < FA_BN / 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
-                    const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                    float x = plain ? acc_s[mt][nt][e] * p.scale_log2
-                                    : fa_score(p, s, acc_s[mt][nt][e], slope, i, j) * FA_LOG2E;
-                    if (!full && !fa_visible(p, s, i, j)) x = -FA_INF;
-                    acc_s[mt][nt][e] = x;
-                }
+                    for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] *= p.scale_log2;
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
+                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
+                        acc_s[mt][nt][e] = fa_score(p, s, acc_s[mt][nt][e], slope, i, j) * FA_LOG2E;
+                    }
+        }
+        if (!full) {
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
+                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
+                        if (!fa_visible(p, s, i, j)) acc_s[mt][nt][e] = -FA_INF;
+                    }
+        }
 
         /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new). */
 #pragma unroll

@@ -8,12 +8,22 @@
  * the tensor-core forward) compile at first use.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cuda_backend.h"
 
 int fa_round_hd(int64_t d) { return (int)((d + 31) / 32 * 32); }
 
+/* FLASHATTN_CUDA_TILES="mt,nwarps,bn" overrides the table (tuning experiments only). */
+static bool tiles_override(fa_fwd_tiles *t) {
+    const char *env = getenv("FLASHATTN_CUDA_TILES");
+    return env && sscanf(env, "%d,%d,%d", &t->mt, &t->nwarps, &t->bn) == 3 && t->mt >= 1 &&
+           t->mt <= 4 && t->nwarps >= 1 && t->nwarps <= 16 && t->bn >= 16 && t->bn % 16 == 0;
+}
+
 fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv) {
+    fa_fwd_tiles t;
+    if (tiles_override(&t)) return t;
     const int widest = hd > hdv ? hd : hdv;
     /* FA2's table (gpu_kernels.md §1) shaped for one m16 tile or two per warp. */
     if (widest <= 128) return (fa_fwd_tiles){2, 4, 64}; /* 128 x 64 */

@@ -112,10 +112,19 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
 
 
+def arg(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def main():
     quick = "--quick" in sys.argv
+    only = arg("--only", "")  # e.g. "bfloat16:128:0:4096" = dtype:d:causal:seqlen, core table only
     set_stream()
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, cache {lib.fa_jit_cache_dir().decode()}")
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, cache {lib.fa_jit_cache_dir().decode()}, tiles {os.environ.get('FLASHATTN_CUDA_TILES', 'table')}")
+    if only:
+        dt, d, causal, s = only.split(":")
+        dtype = getattr(torch, dt)
+        return table([dtype], [int(d)], [bool(int(causal))], [int(s)], peers=False)
     # First call of an uncached variant: compile + load (fresh cache folder, new process state
     # for this variant: fp16 d96 is used nowhere else here).
     q = torch.randn(1, 128, 4, 96, device="cuda", dtype=torch.float16)
@@ -143,10 +152,14 @@ def main():
     print(f"cached call, host time per fa_fwd: {host:.2f} us (a bare ctypes call: {ctypes_cost:.2f} us)")
 
     seqlens = [512, 2048, 8192] if quick else [512, 1024, 2048, 4096, 8192, 16384]
-    rows = []
-    for dtype in (torch.bfloat16, torch.float16):
-        for d in (64, 128):
-            for causal in (False, True):
+    table((torch.bfloat16, torch.float16), (64, 128), (False, True), seqlens, peers=True)
+    decode()
+
+
+def table(dtypes, dims, causals, seqlens, peers):
+    for dtype in dtypes:
+        for d in dims:
+            for causal in causals:
                 for s in seqlens:
                     b, h = 16384 // s, 2048 // d
                     q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=dtype) for _ in range(3))
@@ -156,15 +169,20 @@ def main():
                     err = (out.float() - ref.float()).abs().max().item()
                     flops = 4 * b * h * s * s * d / (2 if causal else 1)
                     t_ours = bench(run)
+                    if not peers:
+                        print(f"{str(dtype)[6:]} d{d} causal={causal} s{s}: ours {flops / t_ours / 1e9:.1f} TFLOPS, max|ours-FA2| {err:.2e}")
+                        continue
                     t_fa2 = bench(sdpa(q, k, v, causal, SDPBackend.FLASH_ATTENTION))
                     t_cudnn = bench(sdpa(q, k, v, causal, SDPBackend.CUDNN_ATTENTION))
                     tf = [flops / t / 1e9 for t in (t_ours, t_fa2, t_cudnn)]
-                    rows.append((str(dtype)[6:], d, causal, s, *tf, err))
                     print(f"{str(dtype)[6:]:8} d{d:<3} {'causal' if causal else 'full  '} s{s:<6} "
                           f"ours {tf[0]:6.1f}  FA2 {tf[1]:6.1f}  cuDNN {tf[2]:6.1f} TFLOPS  "
                           f"ours/FA2 {tf[0] / tf[1]:.2f}  max|ours-FA2| {err:.2e}", flush=True)
                     del q, k, v, out
-    # Decode: one query token against a long cache, GQA, through fa_fwd_kvcache.
+
+
+def decode():
+    """One query token against a long cache, GQA, through fa_fwd_kvcache."""
     for b, sk, h, hk in ((1, 32768, 32, 8), (16, 8192, 32, 8), (64, 4096, 32, 32)):
         d = 128
         q = torch.randn(b, 1, h, d, device="cuda", dtype=torch.bfloat16)

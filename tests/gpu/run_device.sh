@@ -6,6 +6,7 @@
 #   sanitize   compute-sanitizer memcheck + racecheck on the quick grid (FA_TEST_QUICK=1)
 #   precompile precompile_check sm_80 sm_90a
 #   bench      bench_cuda.py (needs torch): ours vs SDPA FLASH / CUDNN
+#   tune       bench_cuda.py --only <shape> under each FLASHATTN_CUDA_TILES of $TUNE_TILES
 set -o pipefail
 OUT=${OUT:-/tmp/fa-gpu-out}
 mkdir -p "$OUT"
@@ -37,6 +38,13 @@ for step in $steps; do
       done ;;
     precompile)
       FLASHATTN_CACHE_DIR=/tmp/fa-jit-pre $B/tests/gpu/precompile_check --require-nvrtc sm_80 sm_90a || rc=1 ;;
+    tune)  # the forward at a few shapes under each FLASHATTN_CUDA_TILES in TUNE_TILES
+      for tiles in ${TUNE_TILES:-table}; do
+        for shape in ${TUNE_SHAPES:-bfloat16:128:0:4096 bfloat16:128:1:4096 bfloat16:64:0:4096}; do
+          env $([ "$tiles" != table ] && echo FLASHATTN_CUDA_TILES=$tiles) FLASHATTN_LIBRARY=$B/libflashattn.so \
+            python3 tests/gpu/bench_cuda.py --only $shape 2>&1 | grep -v "^device" | sed "s/^/[$tiles] /"
+        done
+      done ;;
     bench)
       FLASHATTN_CACHE_DIR=/tmp/fa-jit-bench-$$ FLASHATTN_LIBRARY=$B/libflashattn.so PYTHONUNBUFFERED=1 python3 tests/gpu/bench_cuda.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60 || rc=1 ;;
   esac
