@@ -8,8 +8,13 @@ import os
 import platform
 import sys
 
-_ENV_VARS = ("FLASHATTN_LIBRARY", "FLASH_ATTENTION_BACKEND", "FLASHATTN_NUM_THREADS",
-             "FLASH_ATTENTION_USE_FLAGGEMS", "FLASHATTN_CPU_ISA")
+_ENV_VARS = (
+    "FLASHATTN_LIBRARY",
+    "FLASH_ATTENTION_BACKEND",
+    "FLASHATTN_NUM_THREADS",
+    "FLASH_ATTENTION_USE_FLAGGEMS",
+    "FLASHATTN_CPU_ISA",
+)
 
 
 def _line(key, value):
@@ -69,8 +74,10 @@ def report():
 def precompile(argv):
     from flash_attn import _lib
 
-    parser = argparse.ArgumentParser(prog="python -m flash_attn precompile",
-                                     description="Compile every cuda kernel variant into the JIT cache (needs libnvrtc, no GPU).")
+    parser = argparse.ArgumentParser(
+        prog="python -m flash_attn precompile",
+        description="Compile every cuda kernel variant into the JIT cache (needs libnvrtc, no GPU).",
+    )
     parser.add_argument("--arch", action="append", required=True, help="e.g. sm_80, sm_90a (repeatable)")
     args = parser.parse_args(argv)
     status = 0

@@ -48,15 +48,16 @@ def backend_for(device):
     if forced and forced != "auto":
         if forced not in _DEVICE_BACKENDS:
             raise _lib.InvalidArgumentError(
-                f"flash_attn: FLASH_ATTENTION_BACKEND={forced!r} is not one of auto, cpu, cuda")
+                f"flash_attn: FLASH_ATTENTION_BACKEND={forced!r} is not one of auto, cpu, cuda"
+            )
         if _DEVICE_BACKENDS[forced] != backend:
             raise _lib.InvalidArgumentError(
                 f"flash_attn: FLASH_ATTENTION_BACKEND={forced} forces the {forced} backend, but the "
-                f"tensors are on {device}; move them to a {forced} device or unset the variable")
+                f"tensors are on {device}; move them to a {forced} device or unset the variable"
+            )
         return backend
     if backend is None:
-        raise _lib.UnsupportedError(
-            f"flash_attn: tensors on {device} are not supported; use cpu or cuda tensors")
+        raise _lib.UnsupportedError(f"flash_attn: tensors on {device} are not supported; use cpu or cuda tensors")
     return backend
 
 
@@ -76,7 +77,8 @@ def context(device):
                 if not available:
                     name = _lib.backend_name(backend)
                     raise _lib.BackendUnavailableError(
-                        f"flash_attn: the {name} backend is not available for tensors on {device}: {why}")
+                        f"flash_attn: the {name} backend is not available for tensors on {device}: {why}"
+                    )
                 ctx = _lib.Context(backend, index)
                 _contexts[key] = ctx
     return ctx
@@ -118,7 +120,8 @@ def check_tensors(device, **tensors):
             raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
         if t.device != device:
             raise _lib.InvalidArgumentError(
-                f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device")
+                f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device"
+            )
         if t.layout != torch.strided:
             raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
 
@@ -127,8 +130,7 @@ def expect_ndim(name, t, ndim, layout):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
     if t.dim() != ndim:
-        raise _lib.InvalidArgumentError(
-            f"flash_attn: {name} must be {ndim}-D {layout} (got shape {tuple(t.shape)})")
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be {ndim}-D {layout} (got shape {tuple(t.shape)})")
 
 
 def _as_int(name, value):
@@ -141,6 +143,7 @@ def _as_int(name, value):
 
 
 # ---------------------------------------------------------------- dropout RNG
+
 
 def draw_rng_state(device, dropout_p, batch, nheads, generator=None):
     """int64 CPU tensor [seed, offset] for a forward with dropout; zeros when dropout is off.
@@ -168,21 +171,43 @@ def _rng_opts(rng_state, dropout_p):
         return 0, 0
     if rng_state.numel() != 2 or rng_state.dtype != torch.int64:
         raise _lib.InvalidArgumentError(
-            f"flash_attn: rng_state must be an int64 tensor [seed, offset] (got {rng_state.dtype} {tuple(rng_state.shape)})")
+            "flash_attn: rng_state must be an int64 tensor [seed, offset] "
+            f"(got {rng_state.dtype} {tuple(rng_state.shape)})"
+        )
     seed, offset = rng_state.tolist()
     return seed, offset
 
 
 # ---------------------------------------------------------------- operations
 
+
 def _resolve_scale(softmax_scale, q):
     return q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
 
 
-def fwd(q, k, v, *, out=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None, leftpad_k=None,
-        block_table=None, alibi_slopes=None, max_seqlen_q=0, max_seqlen_k=0, dropout_p=0.0,
-        softmax_scale=None, causal=False, window_left=-1, window_right=-1, softcap=0.0,
-        return_softmax=False, rng_state=None):
+def fwd(
+    q,
+    k,
+    v,
+    *,
+    out=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    seqused_k=None,
+    leftpad_k=None,
+    block_table=None,
+    alibi_slopes=None,
+    max_seqlen_q=0,
+    max_seqlen_k=0,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    return_softmax=False,
+    rng_state=None,
+):
     """Batched or varlen forward -> (out, softmax_lse, S_dmask, rng_state).
 
     Batched: q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v); lse (b, h, s_q).
@@ -191,13 +216,24 @@ def fwd(q, k, v, *, out=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=No
              normalised probabilities, negated where dropout dropped them.
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    expect_ndim("q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)")
+    expect_ndim(
+        "q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)"
+    )
     expect_ndim("v", v, 3 if varlen and block_table is None else 4, "like k")
     expect_ndim("k", k, v.dim(), "like v")
     device = q.device
-    check_tensors(device, k=k, v=v, out=out, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                  seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
-                  alibi_slopes=alibi_slopes)
+    check_tensors(
+        device,
+        k=k,
+        v=v,
+        out=out,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        seqused_k=seqused_k,
+        leftpad_k=leftpad_k,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+    )
     if varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:
             raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
@@ -221,12 +257,29 @@ def fwd(q, k, v, *, out=None, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=No
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
     seed, offset = _rng_opts(rng_state, dropout_p)
     opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
-        window_right=window_right, softcap=softcap, dropout_p=dropout_p, rng_seed=seed, rng_offset=offset)
-    tensors = dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                   seqused_k=seqused_k, leftpad_k=leftpad_k, block_table=block_table,
-                   alibi_slopes=alibi_slopes, out=out, softmax_lse=lse,
-                   attn_probs=s_dmask if return_softmax else None)
+        softmax_scale=_resolve_scale(softmax_scale, q),
+        causal=causal,
+        window_left=window_left,
+        window_right=window_right,
+        softcap=softcap,
+        dropout_p=dropout_p,
+        rng_seed=seed,
+        rng_offset=offset,
+    )
+    tensors = dict(
+        q=q,
+        k=k,
+        v=v,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        seqused_k=seqused_k,
+        leftpad_k=leftpad_k,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        out=out,
+        softmax_lse=lse,
+        attn_probs=s_dmask if return_softmax else None,
+    )
     scalars = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k) if varlen else {}
     _run("fwd", device, tensors, scalars, opts)
     return out, lse, s_dmask, rng_state
@@ -239,17 +292,52 @@ def softmax_d_shape(q, cu_seqlens_q=None):
     return (q.shape[0], q.shape[2], round_up(q.shape[1], 128))
 
 
-def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, *, cu_seqlens_q=None, cu_seqlens_k=None,
-        alibi_slopes=None, max_seqlen_q=0, max_seqlen_k=0, dropout_p=0.0, softmax_scale=None,
-        causal=False, window_left=-1, window_right=-1, softcap=0.0, deterministic=False,
-        rng_state=None):
+def bwd(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    *,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    alibi_slopes=None,
+    max_seqlen_q=0,
+    max_seqlen_k=0,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    deterministic=False,
+    rng_state=None,
+):
     """Writes dq, dk, dv in place (any strides, last one 1) and returns softmax_d in upstream's
     rounded shape (the library fills the leading part, the padding is zero)."""
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    expect_ndim("q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)")
+    expect_ndim(
+        "q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)"
+    )
     device = q.device
-    check_tensors(device, dout=dout, k=k, v=v, out=out, softmax_lse=softmax_lse, dq=dq, dk=dk, dv=dv,
-                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes)
+    check_tensors(
+        device,
+        dout=dout,
+        k=k,
+        v=v,
+        out=out,
+        softmax_lse=softmax_lse,
+        dq=dq,
+        dk=dk,
+        dv=dv,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        alibi_slopes=alibi_slopes,
+    )
     for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
         if t is None:
             raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
@@ -259,43 +347,110 @@ def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, *, cu_seqlens_q=None, cu_se
     d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
     seed, offset = _rng_opts(rng_state, dropout_p)
     opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
-        window_right=window_right, softcap=softcap, dropout_p=dropout_p, rng_seed=seed,
-        rng_offset=offset, deterministic=deterministic)
-    tensors = dict(dout=dout, q=q, k=k, v=v, out=out, softmax_lse=softmax_lse,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes,
-                   dq=dq, dk=dk, dv=dv, softmax_d=d_view)
+        softmax_scale=_resolve_scale(softmax_scale, q),
+        causal=causal,
+        window_left=window_left,
+        window_right=window_right,
+        softcap=softcap,
+        dropout_p=dropout_p,
+        rng_seed=seed,
+        rng_offset=offset,
+        deterministic=deterministic,
+    )
+    tensors = dict(
+        dout=dout,
+        q=q,
+        k=k,
+        v=v,
+        out=out,
+        softmax_lse=softmax_lse,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        alibi_slopes=alibi_slopes,
+        dq=dq,
+        dk=dk,
+        dv=dv,
+        softmax_d=d_view,
+    )
     scalars = {}
     if varlen:
-        scalars = dict(max_seqlen_q=_as_int("max_seqlen_q", max_seqlen_q),
-                       max_seqlen_k=_as_int("max_seqlen_k", max_seqlen_k))
+        scalars = dict(
+            max_seqlen_q=_as_int("max_seqlen_q", max_seqlen_q), max_seqlen_k=_as_int("max_seqlen_k", max_seqlen_k)
+        )
     _run("bwd", device, tensors, scalars, opts)
     return softmax_d
 
 
-def kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, rotary_cos=None,
-            rotary_sin=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
-            alibi_slopes=None, out=None, softmax_scale=None, causal=False, window_left=-1,
-            window_right=-1, softcap=0.0, rotary_interleaved=True, num_splits=0):
+def kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    cache_seqlens=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_batch_idx=None,
+    cache_leftpad=None,
+    block_table=None,
+    alibi_slopes=None,
+    out=None,
+    softmax_scale=None,
+    causal=False,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    rotary_interleaved=True,
+    num_splits=0,
+):
     """One inference step over a (paged) kv cache; k/v, if given, are written into the cache.
     q (b, s_q, h, d) -> out (b, s_q, h, d_v), softmax_lse (b, h, s_q)."""
     expect_ndim("q", q, 4, "(batch, seqlen, nheads, headdim)")
     expect_ndim("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     device = q.device
-    check_tensors(device, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
-                  rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
-                  cache_leftpad=cache_leftpad, block_table=block_table, alibi_slopes=alibi_slopes, out=out)
+    check_tensors(
+        device,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        k=k,
+        v=v,
+        cache_seqlens=cache_seqlens,
+        rotary_cos=rotary_cos,
+        rotary_sin=rotary_sin,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=cache_leftpad,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        out=out,
+    )
     if out is None:
         out = new_output(q.shape[:-1] + (v_cache.shape[-1],), q.dtype, device)
     lse = new_output((q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
     opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q), causal=causal, window_left=window_left,
-        window_right=window_right, softcap=softcap, num_splits=num_splits,
-        rotary_interleaved=rotary_interleaved)
-    tensors = dict(q=q, k_cache=k_cache, v_cache=v_cache, k_new=k, v_new=v, cache_seqlens=cache_seqlens,
-                   cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, block_table=block_table,
-                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, alibi_slopes=alibi_slopes, out=out,
-                   softmax_lse=lse)
+        softmax_scale=_resolve_scale(softmax_scale, q),
+        causal=causal,
+        window_left=window_left,
+        window_right=window_right,
+        softcap=softcap,
+        num_splits=num_splits,
+        rotary_interleaved=rotary_interleaved,
+    )
+    tensors = dict(
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        k_new=k,
+        v_new=v,
+        cache_seqlens=cache_seqlens,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=cache_leftpad,
+        block_table=block_table,
+        rotary_cos=rotary_cos,
+        rotary_sin=rotary_sin,
+        alibi_slopes=alibi_slopes,
+        out=out,
+        softmax_lse=lse,
+    )
     try:
         _run("kvcache", device, tensors, {}, opts)
     except _lib.FlashAttnError as e:  # the library says k_new/v_new; the Python arguments are k/v

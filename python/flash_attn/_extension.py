@@ -16,20 +16,66 @@ def _gen_rng_state(gen, p_dropout, device, batch, nheads):
     return None if gen is None else _engine.draw_rng_state(device, p_dropout, batch, nheads, gen)
 
 
-def fwd(q, k, v, out, alibi_slopes, p_dropout, softmax_scale, is_causal, window_size_left,
-        window_size_right, softcap, return_softmax, gen=None):
+def fwd(
+    q,
+    k,
+    v,
+    out,
+    alibi_slopes,
+    p_dropout,
+    softmax_scale,
+    is_causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    return_softmax,
+    gen=None,
+):
     """-> [out, softmax_lse, p, rng_state]; q (b, s_q, h, d), k/v (b, s_k, h_k, d)."""
     _engine.expect_ndim("q", q, 4, "(batch, seqlen, nheads, headdim)")
     rng_state = _gen_rng_state(gen, p_dropout, q.device, q.shape[0], q.shape[2])
-    return list(_engine.fwd(
-        q, k, v, out=out, alibi_slopes=alibi_slopes, dropout_p=p_dropout, softmax_scale=softmax_scale,
-        causal=is_causal, window_left=window_size_left, window_right=window_size_right, softcap=softcap,
-        return_softmax=return_softmax, rng_state=rng_state))
+    return list(
+        _engine.fwd(
+            q,
+            k,
+            v,
+            out=out,
+            alibi_slopes=alibi_slopes,
+            dropout_p=p_dropout,
+            softmax_scale=softmax_scale,
+            causal=is_causal,
+            window_left=window_size_left,
+            window_right=window_size_right,
+            softcap=softcap,
+            return_softmax=return_softmax,
+            rng_state=rng_state,
+        )
+    )
 
 
-def varlen_fwd(q, k, v, out, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
-               alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors,
-               is_causal, window_size_left, window_size_right, softcap, return_softmax, gen=None):
+def varlen_fwd(
+    q,
+    k,
+    v,
+    out,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    seqused_k,
+    leftpad_k,
+    block_table,
+    alibi_slopes,
+    max_seqlen_q,
+    max_seqlen_k,
+    p_dropout,
+    softmax_scale,
+    zero_tensors,
+    is_causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    return_softmax,
+    gen=None,
+):
     """-> [out, softmax_lse, p, rng_state]; q (total_q, h, d), lse (h, total_q)."""
     _engine.expect_ndim("q", q, 3, "(total_q, nheads, headdim)")
     _engine.check_tensors(q.device, cu_seqlens_q=cu_seqlens_q)
@@ -39,12 +85,27 @@ def varlen_fwd(q, k, v, out, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, b
     elif zero_tensors:
         out.zero_()
     result = _engine.fwd(
-        q, k, v, out=out, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqused_k=seqused_k,
-        leftpad_k=leftpad_k, block_table=block_table, alibi_slopes=alibi_slopes,
-        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, dropout_p=p_dropout,
-        softmax_scale=softmax_scale, causal=is_causal, window_left=window_size_left,
-        window_right=window_size_right, softcap=softcap, return_softmax=return_softmax,
-        rng_state=rng_state)
+        q,
+        k,
+        v,
+        out=out,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        seqused_k=seqused_k,
+        leftpad_k=leftpad_k,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        dropout_p=p_dropout,
+        softmax_scale=softmax_scale,
+        causal=is_causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        return_softmax=return_softmax,
+        rng_state=rng_state,
+    )
     return list(result)
 
 
@@ -58,44 +119,154 @@ def _grad_buffers(q, k, v, dq, dk, dv, zero):
     return bufs
 
 
-def bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, p_dropout, softmax_scale,
-        is_causal, window_size_left, window_size_right, softcap, deterministic, gen=None,
-        rng_state=None):
+def bwd(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    alibi_slopes,
+    p_dropout,
+    softmax_scale,
+    is_causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    deterministic,
+    gen=None,
+    rng_state=None,
+):
     """-> [dq, dk, dv, softmax_d]; dq/dk/dv are written in place when given."""
     _engine.expect_ndim("q", q, 4, "(batch, seqlen, nheads, headdim)")
     dq, dk, dv = _grad_buffers(q, k, v, dq, dk, dv, zero=False)
     softmax_d = _engine.bwd(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes=alibi_slopes, dropout_p=p_dropout,
-        softmax_scale=softmax_scale, causal=is_causal, window_left=window_size_left,
-        window_right=window_size_right, softcap=softcap, deterministic=deterministic, rng_state=rng_state)
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        alibi_slopes=alibi_slopes,
+        dropout_p=p_dropout,
+        softmax_scale=softmax_scale,
+        causal=is_causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        deterministic=deterministic,
+        rng_state=rng_state,
+    )
     return [dq, dk, dv, softmax_d]
 
 
-def varlen_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
-               max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
-               window_size_left, window_size_right, softcap, deterministic, gen=None, rng_state=None):
+def varlen_bwd(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    alibi_slopes,
+    max_seqlen_q,
+    max_seqlen_k,
+    p_dropout,
+    softmax_scale,
+    zero_tensors,
+    is_causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    deterministic,
+    gen=None,
+    rng_state=None,
+):
     """-> [dq, dk, dv, softmax_d]; varlen layouts, softmax_d (h, total_q + 128 * batch)."""
     _engine.expect_ndim("q", q, 3, "(total_q, nheads, headdim)")
     dq, dk, dv = _grad_buffers(q, k, v, dq, dk, dv, zero=zero_tensors)
     softmax_d = _engine.bwd(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes, max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k, dropout_p=p_dropout, softmax_scale=softmax_scale, causal=is_causal,
-        window_left=window_size_left, window_right=window_size_right, softcap=softcap,
-        deterministic=deterministic, rng_state=rng_state)
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        alibi_slopes=alibi_slopes,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        dropout_p=p_dropout,
+        softmax_scale=softmax_scale,
+        causal=is_causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        deterministic=deterministic,
+        rng_state=rng_state,
+    )
     return [dq, dk, dv, softmax_d]
 
 
-def fwd_kvcache(q, k_cache, v_cache, k, v, seqlens_k, rotary_cos, rotary_sin, cache_batch_idx,
-                leftpad_k, block_table, alibi_slopes, out, softmax_scale, is_causal, window_size_left,
-                window_size_right, softcap, is_rotary_interleaved, num_splits):
+def fwd_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k,
+    v,
+    seqlens_k,
+    rotary_cos,
+    rotary_sin,
+    cache_batch_idx,
+    leftpad_k,
+    block_table,
+    alibi_slopes,
+    out,
+    softmax_scale,
+    is_causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    is_rotary_interleaved,
+    num_splits,
+):
     """-> [out, softmax_lse]; writes k/v (after rotary) into the cache in place."""
     out, lse = _engine.kvcache(
-        q, k_cache, v_cache, k=k, v=v, cache_seqlens=seqlens_k, rotary_cos=rotary_cos,
-        rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx, cache_leftpad=leftpad_k,
-        block_table=block_table, alibi_slopes=alibi_slopes, out=out, softmax_scale=softmax_scale,
-        causal=is_causal, window_left=window_size_left, window_right=window_size_right,
-        softcap=softcap, rotary_interleaved=is_rotary_interleaved, num_splits=num_splits)
+        q,
+        k_cache,
+        v_cache,
+        k=k,
+        v=v,
+        cache_seqlens=seqlens_k,
+        rotary_cos=rotary_cos,
+        rotary_sin=rotary_sin,
+        cache_batch_idx=cache_batch_idx,
+        cache_leftpad=leftpad_k,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        out=out,
+        softmax_scale=softmax_scale,
+        causal=is_causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        rotary_interleaved=is_rotary_interleaved,
+        num_splits=num_splits,
+    )
     return [out, lse]
 
 

@@ -43,7 +43,6 @@ def _import_flag_gems():
         sys.argv = sys.argv[:1]
         import flag_gems  # noqa: F401
         import flag_gems.ops.attention as attention
-
         import triton
 
         major, minor = (int(x) for x in triton.__version__.split(".")[:2])
@@ -68,15 +67,19 @@ def status():
     return "on, FlagGems imported" if module is not None else f"requested, but FlagGems is unusable: {_state['error']}"
 
 
-def maybe_forward(q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap,
-                  alibi_slopes, return_softmax):
+def maybe_forward(
+    q, k, v, dropout_p, softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, return_softmax
+):
     """(out, lse) from FlagGems when the switch is on and the call qualifies, else None."""
     if not enabled():
         return None
     attention = _import_flag_gems()
     if attention is None:
-        _warn_once("import", "flash_attn: FLASH_ATTENTION_USE_FLAGGEMS=TRUE, but FlagGems cannot be "
-                   f"imported ({_state['error']}); running flash_attn's own kernels")
+        _warn_once(
+            "import",
+            "flash_attn: FLASH_ATTENTION_USE_FLAGGEMS=TRUE, but FlagGems cannot be "
+            f"imported ({_state['error']}); running flash_attn's own kernels",
+        )
         return None
     import torch
 
@@ -100,10 +103,23 @@ def maybe_forward(q, k, v, dropout_p, softmax_scale, causal, window_left, window
         pad = lambda t: torch.nn.functional.pad(t, (0, padded - d))  # noqa: E731
         q, k, v = pad(q), pad(k), pad(v)
     result = attention.flash_attention_forward(
-        query=q, key=k, value=v, cumulative_sequence_length_q=None, cumulative_sequence_length_k=None,
-        max_q=q.shape[1], max_k=k.shape[1], dropout_p=0.0, is_causal=causal, return_debug_mask=False,
-        scale=softmax_scale, softcap=softcap, window_size_left=None if window_left < 0 else window_left,
-        window_size_right=None if window_right < 0 else window_right, seqused_k=None,
-        alibi_slopes=alibi_slopes, disable_splitkv=False)
+        query=q,
+        key=k,
+        value=v,
+        cumulative_sequence_length_q=None,
+        cumulative_sequence_length_k=None,
+        max_q=q.shape[1],
+        max_k=k.shape[1],
+        dropout_p=0.0,
+        is_causal=causal,
+        return_debug_mask=False,
+        scale=softmax_scale,
+        softcap=softcap,
+        window_size_left=None if window_left < 0 else window_left,
+        window_size_right=None if window_right < 0 else window_right,
+        seqused_k=None,
+        alibi_slopes=alibi_slopes,
+        disable_splitkv=False,
+    )
     out, lse = result[0], result[1]
     return out[..., :d].contiguous(), lse.float()

@@ -129,8 +129,9 @@ def _tensor_fields(*names):
 
 class FaFwdArgs(ctypes.Structure):
     _fields_ = (
-        _tensor_fields("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k",
-                       "block_table", "alibi_slopes")
+        _tensor_fields(
+            "q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k", "block_table", "alibi_slopes"
+        )
         + [("max_seqlen_q", ctypes.c_int64), ("max_seqlen_k", ctypes.c_int64)]
         + _tensor_fields("out", "softmax_lse", "attn_probs")
     )
@@ -138,8 +139,7 @@ class FaFwdArgs(ctypes.Structure):
 
 class FaBwdArgs(ctypes.Structure):
     _fields_ = (
-        _tensor_fields("dout", "q", "k", "v", "out", "softmax_lse", "cu_seqlens_q", "cu_seqlens_k",
-                       "alibi_slopes")
+        _tensor_fields("dout", "q", "k", "v", "out", "softmax_lse", "cu_seqlens_q", "cu_seqlens_k", "alibi_slopes")
         + [("max_seqlen_q", ctypes.c_int64), ("max_seqlen_k", ctypes.c_int64)]
         + _tensor_fields("dq", "dk", "dv", "softmax_d")
     )
@@ -147,9 +147,21 @@ class FaBwdArgs(ctypes.Structure):
 
 class FaKvcacheArgs(ctypes.Structure):
     _fields_ = _tensor_fields(
-        "q", "k_cache", "v_cache", "k_new", "v_new", "cache_seqlens", "cache_batch_idx",
-        "cache_leftpad", "block_table", "rotary_cos", "rotary_sin", "alibi_slopes", "out",
-        "softmax_lse")
+        "q",
+        "k_cache",
+        "v_cache",
+        "k_new",
+        "v_new",
+        "cache_seqlens",
+        "cache_batch_idx",
+        "cache_leftpad",
+        "block_table",
+        "rotary_cos",
+        "rotary_sin",
+        "alibi_slopes",
+        "out",
+        "softmax_lse",
+    )
 
 
 _MIRRORS = {
@@ -227,18 +239,21 @@ def _check_abi(lib, path):
     if lib.fa_abi_version() != ABI_VERSION:
         raise BackendUnavailableError(
             f"{path}: ABI version {lib.fa_abi_version()}, but this flash_attn package needs "
-            f"{ABI_VERSION}; rebuild the library or reinstall the package")
+            f"{ABI_VERSION}; rebuild the library or reinstall the package"
+        )
     for cname, mirror in _MIRRORS.items():
         size = lib.fa_abi_sizeof(cname.encode())
         if size != ctypes.sizeof(mirror):
             raise BackendUnavailableError(
-                f"{path}: sizeof({cname}) is {size}, the Python mirror has {ctypes.sizeof(mirror)}")
+                f"{path}: sizeof({cname}) is {size}, the Python mirror has {ctypes.sizeof(mirror)}"
+            )
         for field, _ in mirror._fields_:
             offset = lib.fa_abi_offsetof(cname.encode(), field.encode())
             expected = getattr(mirror, field).offset
             if offset != expected:
                 raise BackendUnavailableError(
-                    f"{path}: offsetof({cname}, {field}) is {offset}, the Python mirror has {expected}")
+                    f"{path}: offsetof({cname}, {field}) is {offset}, the Python mirror has {expected}"
+                )
 
 
 def lib():
@@ -265,7 +280,10 @@ def lib():
                 break
             else:
                 raise BackendUnavailableError(
-                    "flash_attn: cannot load libflashattn; tried: " + "; ".join(tried) + ". Set FLASHATTN_LIBRARY to the built library or reinstall flash_attn.")
+                    "flash_attn: cannot load libflashattn; tried: "
+                    + "; ".join(tried)
+                    + ". Set FLASHATTN_LIBRARY to the built library or reinstall flash_attn."
+                )
     return _lib
 
 
@@ -304,7 +322,8 @@ def to_fa_tensor(name, t):
     ndim = t.dim()
     if not 1 <= ndim <= MAX_DIMS:
         raise InvalidArgumentError(
-            f"flash_attn: {name} must have 1..{MAX_DIMS} dimensions (got {ndim}, shape {tuple(t.shape)})")
+            f"flash_attn: {name} must have 1..{MAX_DIMS} dimensions (got {ndim}, shape {tuple(t.shape)})"
+        )
     ptr = t.data_ptr()
     if ptr == 0 and t.numel() == 0:
         ptr = ctypes.addressof(_EMPTY)
@@ -320,9 +339,19 @@ def to_fa_tensor(name, t):
 _INT32_MAX = 2**31 - 1
 
 
-def make_options(softmax_scale=0.0, causal=False, window_left=-1, window_right=-1, softcap=0.0,
-                 dropout_p=0.0, rng_seed=0, rng_offset=0, deterministic=False, num_splits=0,
-                 rotary_interleaved=True):
+def make_options(
+    softmax_scale=0.0,
+    causal=False,
+    window_left=-1,
+    window_right=-1,
+    softcap=0.0,
+    dropout_p=0.0,
+    rng_seed=0,
+    rng_offset=0,
+    deterministic=False,
+    num_splits=0,
+    rotary_interleaved=True,
+):
     """fa_options; window bounds beyond int32 mean unbounded anyway, so they are clamped."""
     o = lib().fa_options_default()
     o.softmax_scale = float(softmax_scale)
@@ -359,8 +388,10 @@ class Context:
 
     def __init__(self, backend, device_index=0):
         handle = ctypes.c_void_p()
-        check(lib().fa_context_create(backend, device_index, ctypes.byref(handle)),
-              f"creating the {backend_name(backend)} context")
+        check(
+            lib().fa_context_create(backend, device_index, ctypes.byref(handle)),
+            f"creating the {backend_name(backend)} context",
+        )
         self.handle = handle
         self.backend = backend
         self.device_index = device_index
@@ -393,12 +424,10 @@ class Context:
             if before is not None:
                 before(self)
             nbytes = ctypes.c_size_t(0)
-            check(getattr(_lib, ws_name)(self.handle, ctypes.byref(args), ctypes.byref(opts),
-                                         ctypes.byref(nbytes)), op)
+            check(getattr(_lib, ws_name)(self.handle, ctypes.byref(args), ctypes.byref(opts), ctypes.byref(nbytes)), op)
             workspace = alloc_workspace(nbytes.value) if nbytes.value else None
             ptr = workspace.data_ptr() if workspace is not None else None
-            check(getattr(_lib, run_name)(self.handle, ctypes.byref(args), ctypes.byref(opts), ptr,
-                                          nbytes.value), op)
+            check(getattr(_lib, run_name)(self.handle, ctypes.byref(args), ctypes.byref(opts), ptr, nbytes.value), op)
         return workspace
 
 
@@ -418,8 +447,9 @@ def backend_available(backend):
     status = lib().fa_backend_available(backend)
     if status == 0:
         return True, ""
-    return False, (_lib.fa_last_error_message() or b"").decode(errors="replace") or \
-        _lib.fa_status_string(status).decode()
+    return False, (_lib.fa_last_error_message() or b"").decode(errors="replace") or _lib.fa_status_string(
+        status
+    ).decode()
 
 
 def jit_cache_dir():

@@ -15,8 +15,9 @@ def __getattr__(name):
         try:
             from einops import rearrange
         except ImportError as e:
-            raise ImportError("flash_attn.bert_padding.rearrange is einops.rearrange; "
-                              "install einops (pip install einops)") from e
+            raise ImportError(
+                "flash_attn.bert_padding.rearrange is einops.rearrange; install einops (pip install einops)"
+            ) from e
         return rearrange
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -41,8 +42,9 @@ class IndexFirstAxis(torch.autograd.Function):
         (indices,) = ctx.saved_tensors
         assert grad_output.ndim >= 2
         other_shape = grad_output.shape[1:]
-        grad_input = torch.zeros((ctx.first_axis_dim, other_shape.numel()), device=grad_output.device,
-                                 dtype=grad_output.dtype)
+        grad_input = torch.zeros(
+            (ctx.first_axis_dim, other_shape.numel()), device=grad_output.device, dtype=grad_output.dtype
+        )
         grad_input.scatter_(0, indices[:, None].expand(-1, other_shape.numel()), _flat_rows(grad_output))
         return grad_input.reshape(ctx.first_axis_dim, *other_shape), None
 
@@ -107,8 +109,13 @@ def unpad_input(hidden_states, attention_mask, unused_mask=None):
     indices = torch.nonzero(all_masks.flatten(), as_tuple=False).flatten()
     max_seqlen_in_batch = seqlens_in_batch.max().item()
     flat = hidden_states.reshape(-1, *hidden_states.shape[2:])
-    return (index_first_axis(flat, indices), indices, _cu_seqlens(seqlens_in_batch),
-            max_seqlen_in_batch, used_seqlens_in_batch)
+    return (
+        index_first_axis(flat, indices),
+        indices,
+        _cu_seqlens(seqlens_in_batch),
+        max_seqlen_in_batch,
+        used_seqlens_in_batch,
+    )
 
 
 def unpad_input_for_concatenated_sequences(hidden_states, attention_mask_in_length):

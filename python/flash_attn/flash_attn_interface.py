@@ -15,7 +15,7 @@ where dropout dropped them, in upstream's (b, h, round128(s_q), round128(s_k)) s
 outside the sequences are 0. rng_state is an int64 CPU tensor [seed, offset].
 """
 
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -91,13 +91,34 @@ def _flash_attn_forward(
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
-    gems = _flaggems.maybe_forward(q, k, v, dropout_p, softmax_scale, causal, window_size_left,
-                                   window_size_right, softcap, alibi_slopes, return_softmax)
+    gems = _flaggems.maybe_forward(
+        q,
+        k,
+        v,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        alibi_slopes,
+        return_softmax,
+    )
     if gems is not None:
         return gems[0], gems[1], q.new_empty((0,)), torch.zeros(2, dtype=torch.int64)
-    return _engine.fwd(q, k, v, alibi_slopes=alibi_slopes, dropout_p=dropout_p,
-                       softmax_scale=softmax_scale, causal=causal, window_left=window_size_left,
-                       window_right=window_size_right, softcap=softcap, return_softmax=return_softmax)
+    return _engine.fwd(
+        q,
+        k,
+        v,
+        alibi_slopes=alibi_slopes,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        return_softmax=return_softmax,
+    )
 
 
 def _fake_probs(q, batch, nheads, s_q, s_k, return_softmax):
@@ -111,8 +132,19 @@ def _fake_rng_state():
 
 
 @_flash_attn_forward.register_fake
-def _flash_attn_forward_fake(q, k, v, dropout_p, softmax_scale, causal, window_size_left,
-                             window_size_right, softcap, alibi_slopes, return_softmax):
+def _flash_attn_forward_fake(
+    q,
+    k,
+    v,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    return_softmax,
+):
     batch, s_q, nheads, _ = q.shape
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
     lse = q.new_empty((batch, nheads, s_q), dtype=torch.float32)
@@ -144,18 +176,53 @@ def _flash_attn_varlen_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
     out, lse, p, rng_state = flash_attn_gpu.varlen_fwd(
-        q, k, v, None, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, alibi_slopes,
-        max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, zero_tensors, causal, window_size_left,
-        window_size_right, softcap, return_softmax, None)
+        q,
+        k,
+        v,
+        None,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        seqused_k,
+        leftpad_k,
+        block_table,
+        alibi_slopes,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        zero_tensors,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        return_softmax,
+        None,
+    )
     return out, lse, p, rng_state
 
 
 @_flash_attn_varlen_forward.register_fake
-def _flash_attn_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                    dropout_p, softmax_scale, causal, window_size_left=-1,
-                                    window_size_right=-1, softcap=0.0, alibi_slopes=None,
-                                    return_softmax=False, block_table=None, leftpad_k=None,
-                                    seqused_k=None, zero_tensors=False):
+def _flash_attn_varlen_forward_fake(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left=-1,
+    window_size_right=-1,
+    softcap=0.0,
+    alibi_slopes=None,
+    return_softmax=False,
+    block_table=None,
+    leftpad_k=None,
+    seqused_k=None,
+    zero_tensors=False,
+):
     total_q, nheads, _ = q.shape
     batch = cu_seqlens_q.numel() - 1
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
@@ -187,20 +254,54 @@ def _flash_attn_backward(
 ) -> torch.Tensor:
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     return flash_attn_gpu.bwd(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, dropout_p, softmax_scale, causal,
-        window_size_left, window_size_right, softcap, deterministic, None, rng_state)[3]
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        alibi_slopes,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        deterministic,
+        None,
+        rng_state,
+    )[3]
 
 
 @_flash_attn_backward.register_fake
-def _flash_attn_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_scale,
-                              causal, window_size_left, window_size_right, softcap, alibi_slopes,
-                              deterministic, rng_state=None):
+def _flash_attn_backward_fake(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    deterministic,
+    rng_state=None,
+):
     batch, s_q, nheads, _ = q.shape
     return q.new_empty((batch, nheads, round_multiple(s_q, 128)), dtype=torch.float32)
 
 
-@_ops.custom_op("flash_attn::_flash_attn_varlen_backward", mutates_args=("dq", "dk", "dv"),
-                device_types=None)
+@_ops.custom_op("flash_attn::_flash_attn_varlen_backward", mutates_args=("dq", "dk", "dv"), device_types=None)
 def _flash_attn_varlen_backward(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -228,17 +329,59 @@ def _flash_attn_varlen_backward(
 ) -> torch.Tensor:
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     return flash_attn_gpu.varlen_bwd(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
-        max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, zero_tensors, causal, window_size_left,
-        window_size_right, softcap, deterministic, None, rng_state)[3]
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        alibi_slopes,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        zero_tensors,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        deterministic,
+        None,
+        rng_state,
+    )[3]
 
 
 @_flash_attn_varlen_backward.register_fake
-def _flash_attn_varlen_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q,
-                                     cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                     softmax_scale, causal, window_size_left, window_size_right,
-                                     softcap, alibi_slopes, deterministic, rng_state=None,
-                                     zero_tensors=False):
+def _flash_attn_varlen_backward_fake(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    deterministic,
+    rng_state=None,
+    zero_tensors=False,
+):
     batch = cu_seqlens_q.numel() - 1
     return q.new_empty((q.shape[1], q.shape[0] + 128 * batch), dtype=torch.float32)
 
@@ -256,8 +399,7 @@ def _needs_grad(is_grad_enabled, *tensors):
     return is_grad_enabled and any(t.requires_grad for t in tensors)
 
 
-def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-          deterministic, **varlen):
+def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, **varlen):
     ctx.save_for_backward(*tensors)
     ctx.dropout_p = dropout_p
     ctx.softmax_scale = softmax_scale
@@ -270,40 +412,111 @@ def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, 
         setattr(ctx, name, value)
 
 
-def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                   return_softmax):
+def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
     return _wrapped_flash_attn_forward(
-        q, k, v, dropout_p, softmax_scale, causal=causal, window_size_left=window_size[0],
-        window_size_right=window_size[1], softcap=softcap, alibi_slopes=alibi_slopes,
-        return_softmax=return_softmax and dropout_p > 0)
+        q,
+        k,
+        v,
+        dropout_p,
+        softmax_scale,
+        causal=causal,
+        window_size_left=window_size[0],
+        window_size_right=window_size[1],
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        return_softmax=return_softmax and dropout_p > 0,
+    )
 
 
 def _dense_backward(ctx, dout, dq, dk, dv):
     """dq/dk/dv: buffers (possibly views of one packed buffer) written in place."""
     q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
     _wrapped_flash_attn_backward(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.dropout_p, ctx.softmax_scale, ctx.causal,
-        ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.alibi_slopes, ctx.deterministic,
-        rng_state=rng_state)
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        ctx.dropout_p,
+        ctx.softmax_scale,
+        ctx.causal,
+        ctx.window_size[0],
+        ctx.window_size[1],
+        ctx.softcap,
+        ctx.alibi_slopes,
+        ctx.deterministic,
+        rng_state=rng_state,
+    )
 
 
-def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                    softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax,
-                    block_table=None):
+def _varlen_forward(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size,
+    softcap,
+    alibi_slopes,
+    return_softmax,
+    block_table=None,
+):
     return _wrapped_flash_attn_varlen_forward(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-        causal=causal, window_size_left=window_size[0], window_size_right=window_size[1],
-        softcap=softcap, alibi_slopes=alibi_slopes, return_softmax=return_softmax and dropout_p > 0,
-        block_table=block_table)
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal=causal,
+        window_size_left=window_size[0],
+        window_size_right=window_size[1],
+        softcap=softcap,
+        alibi_slopes=alibi_slopes,
+        return_softmax=return_softmax and dropout_p > 0,
+        block_table=block_table,
+    )
 
 
 def _varlen_backward(ctx, dout, dq, dk, dv):
     q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
     cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
     _wrapped_flash_attn_varlen_backward(
-        dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
-        ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal, ctx.window_size[0],
-        ctx.window_size[1], ctx.softcap, ctx.alibi_slopes, ctx.deterministic, rng_state=rng_state)
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        ctx.max_seqlen_q,
+        ctx.max_seqlen_k,
+        ctx.dropout_p,
+        ctx.softmax_scale,
+        ctx.causal,
+        ctx.window_size[0],
+        ctx.window_size[1],
+        ctx.softcap,
+        ctx.alibi_slopes,
+        ctx.deterministic,
+        rng_state=rng_state,
+    )
 
 
 def _distinct(cu_seqlens_q, cu_seqlens_k):
@@ -325,16 +538,37 @@ _NONES = (None,) * 16
 
 class FlashAttnQKVPackedFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                deterministic, return_softmax, is_grad_enabled):
+    def forward(
+        ctx,
+        qkv,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        is_grad_enabled,
+    ):
         # qkv (b, s, 3, h, d) -> out (b, s, h, d)
         softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+        )
         if _needs_grad(is_grad_enabled, qkv):
-            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
-                  softcap, alibi_slopes, deterministic)
+            _save(
+                ctx,
+                (q, k, v, out, lse, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
@@ -347,16 +581,38 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
 
 class FlashAttnKVPackedFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, kv, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                deterministic, return_softmax, is_grad_enabled):
+    def forward(
+        ctx,
+        q,
+        kv,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        is_grad_enabled,
+    ):
         # q (b, s_q, h, d), kv (b, s_k, 2, h_k, d) -> out (b, s_q, h, d)
         softmax_scale = _scale(softmax_scale, q)
         k, v = kv[:, :, 0], kv[:, :, 1]
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+        )
         if _needs_grad(is_grad_enabled, q, kv):
-            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
-                  softcap, alibi_slopes, deterministic)
+            _save(
+                ctx,
+                (q, k, v, out, lse, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
@@ -370,15 +626,38 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
 
 class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                deterministic, return_softmax, is_grad_enabled):
+    def forward(
+        ctx,
+        q,
+        k,
+        v,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        is_grad_enabled,
+    ):
         # q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v) -> out (b, s_q, h, d_v)
         softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax)
+            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+        )
         if _needs_grad(is_grad_enabled, q, k, v):
-            _save(ctx, (q, k, v, out, lse, rng_state), dropout_p, softmax_scale, causal, window_size,
-                  softcap, alibi_slopes, deterministic)
+            _save(
+                ctx,
+                (q, k, v, out, lse, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
@@ -391,18 +670,54 @@ class FlashAttnFunc(torch.autograd.Function):
 
 class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, window_size,
-                softcap, alibi_slopes, deterministic, return_softmax, is_grad_enabled):
+    def forward(
+        ctx,
+        qkv,
+        cu_seqlens,
+        max_seqlen,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        is_grad_enabled,
+    ):
         # qkv (total, 3, h, d) -> out (total, h, d)
         softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         out, lse, S_dmask, rng_state = _varlen_forward(
-            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
-            window_size, softcap, alibi_slopes, return_softmax)
+            q,
+            k,
+            v,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            dropout_p,
+            softmax_scale,
+            causal,
+            window_size,
+            softcap,
+            alibi_slopes,
+            return_softmax,
+        )
         if _needs_grad(is_grad_enabled, qkv):
-            _save(ctx, (q, k, v, out, lse, cu_seqlens, None, rng_state), dropout_p, softmax_scale,
-                  causal, window_size, softcap, alibi_slopes, deterministic, max_seqlen_q=max_seqlen,
-                  max_seqlen_k=max_seqlen)
+            _save(
+                ctx,
+                (q, k, v, out, lse, cu_seqlens, None, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+                max_seqlen_q=max_seqlen,
+                max_seqlen_k=max_seqlen,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
@@ -416,19 +731,57 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
 
 class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                return_softmax, is_grad_enabled):
+    def forward(
+        ctx,
+        q,
+        kv,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        is_grad_enabled,
+    ):
         # q (total_q, h, d), kv (total_k, 2, h_k, d) -> out (total_q, h, d)
         softmax_scale = _scale(softmax_scale, q)
         k, v = kv[:, 0], kv[:, 1]
         out, lse, S_dmask, rng_state = _varlen_forward(
-            q, k, v, cu_seqlens_q, _shared(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-            causal, window_size, softcap, alibi_slopes, return_softmax)
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            _shared(cu_seqlens_q, cu_seqlens_k),
+            max_seqlen_q,
+            max_seqlen_k,
+            dropout_p,
+            softmax_scale,
+            causal,
+            window_size,
+            softcap,
+            alibi_slopes,
+            return_softmax,
+        )
         if _needs_grad(is_grad_enabled, q, kv):
-            _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
-                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+            _save(
+                ctx,
+                (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+                max_seqlen_q=max_seqlen_q,
+                max_seqlen_k=max_seqlen_k,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
@@ -442,25 +795,68 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
 
 class FlashAttnVarlenFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                return_softmax, block_table, is_grad_enabled):
+    def forward(
+        ctx,
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_softmax,
+        block_table,
+        is_grad_enabled,
+    ):
         # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
         softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _varlen_forward(
-            q, k, v, cu_seqlens_q, _shared(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-            causal, window_size, softcap, alibi_slopes, return_softmax, block_table=block_table)
+            q,
+            k,
+            v,
+            cu_seqlens_q,
+            _shared(cu_seqlens_q, cu_seqlens_k),
+            max_seqlen_q,
+            max_seqlen_k,
+            dropout_p,
+            softmax_scale,
+            causal,
+            window_size,
+            softcap,
+            alibi_slopes,
+            return_softmax,
+            block_table=block_table,
+        )
         if _needs_grad(is_grad_enabled, q, k, v):
-            _save(ctx, (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state), dropout_p,
-                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, paged=block_table is not None)
+            _save(
+                ctx,
+                (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state),
+                dropout_p,
+                softmax_scale,
+                causal,
+                window_size,
+                softcap,
+                alibi_slopes,
+                deterministic,
+                max_seqlen_q=max_seqlen_q,
+                max_seqlen_k=max_seqlen_k,
+                paged=block_table is not None,
+            )
         return _result(out, lse, S_dmask, return_softmax)
 
     @staticmethod
     def backward(ctx, dout, *args):
         if ctx.paged:
-            raise NotImplementedError("flash_attn: backward through a paged KV cache (block_table) "
-                                      "is not supported, as upstream")
+            raise NotImplementedError(
+                "flash_attn: backward through a paged KV cache (block_table) is not supported, as upstream"
+            )
         q, k, v = ctx.saved_tensors[:3]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         _varlen_backward(ctx, dout, dq, dk, dv)
@@ -494,8 +890,17 @@ def flash_attn_qkvpacked_func(
     """
     _require("qkv", qkv, 5, 2, 3, "(batch, seqlen, 3, nheads, headdim)")
     return FlashAttnQKVPackedFunc.apply(
-        qkv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
-        deterministic, return_attn_probs, torch.is_grad_enabled())
+        qkv,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_kvpacked_func(
@@ -521,8 +926,18 @@ def flash_attn_kvpacked_func(
     _require("q", q)
     _require("kv", kv, 5, 2, 2, "(batch, seqlen_k, 2, nheads_k, headdim)")
     return FlashAttnKVPackedFunc.apply(
-        q, kv, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
-        deterministic, return_attn_probs, torch.is_grad_enabled())
+        q,
+        kv,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_func(
@@ -549,8 +964,19 @@ def flash_attn_func(
     for name, t in (("q", q), ("k", k), ("v", v)):
         _require(name, t)
     return FlashAttnFunc.apply(
-        q, k, v, dropout_p, softmax_scale, causal, _window(window_size), softcap, alibi_slopes,
-        deterministic, return_attn_probs, torch.is_grad_enabled())
+        q,
+        k,
+        v,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_varlen_qkvpacked_func(
@@ -572,8 +998,19 @@ def flash_attn_varlen_qkvpacked_func(
     """
     _require("qkv", qkv, 4, 1, 3, "(total, 3, nheads, headdim)")
     return FlashAttnVarlenQKVPackedFunc.apply(
-        qkv, cu_seqlens, max_seqlen, dropout_p, softmax_scale, causal, _window(window_size), softcap,
-        alibi_slopes, deterministic, return_attn_probs, torch.is_grad_enabled())
+        qkv,
+        cu_seqlens,
+        max_seqlen,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_varlen_kvpacked_func(
@@ -599,9 +1036,22 @@ def flash_attn_varlen_kvpacked_func(
     _require("q", q)
     _require("kv", kv, 4, 1, 2, "(total_k, 2, nheads_k, headdim)")
     return FlashAttnVarlenKVPackedFunc.apply(
-        q, kv, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-        causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
-        torch.is_grad_enabled())
+        q,
+        kv,
+        cu_seqlens_q,
+        _distinct(cu_seqlens_q, cu_seqlens_k),
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_varlen_func(
@@ -632,9 +1082,24 @@ def flash_attn_varlen_func(
     for name, t in (("q", q), ("k", k), ("v", v)):
         _require(name, t)
     return FlashAttnVarlenFunc.apply(
-        q, k, v, cu_seqlens_q, _distinct(cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
-        causal, _window(window_size), softcap, alibi_slopes, deterministic, return_attn_probs,
-        block_table, torch.is_grad_enabled())
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        _distinct(cu_seqlens_q, cu_seqlens_k),
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        _window(window_size),
+        softcap,
+        alibi_slopes,
+        deterministic,
+        return_attn_probs,
+        block_table,
+        torch.is_grad_enabled(),
+    )
 
 
 def flash_attn_with_kvcache(
@@ -681,18 +1146,25 @@ def flash_attn_with_kvcache(
     block_table = maybe_contiguous(block_table)
     left, right = _window(window_size)
     out, softmax_lse = flash_attn_gpu.fwd_kvcache(
-        q, k_cache, v_cache, k, v, cache_seqlens, rotary_cos, rotary_sin, cache_batch_idx,
-        cache_leftpad, block_table, alibi_slopes, None, softmax_scale, causal, left, right, softcap,
-        rotary_interleaved, num_splits)
+        q,
+        k_cache,
+        v_cache,
+        k,
+        v,
+        cache_seqlens,
+        rotary_cos,
+        rotary_sin,
+        cache_batch_idx,
+        cache_leftpad,
+        block_table,
+        alibi_slopes,
+        None,
+        softmax_scale,
+        causal,
+        left,
+        right,
+        softcap,
+        rotary_interleaved,
+        num_splits,
+    )
     return (out, softmax_lse) if return_softmax_lse else out
-
-
-__all__: List[str] = [
-    "flash_attn_func",
-    "flash_attn_kvpacked_func",
-    "flash_attn_qkvpacked_func",
-    "flash_attn_varlen_func",
-    "flash_attn_varlen_kvpacked_func",
-    "flash_attn_varlen_qkvpacked_func",
-    "flash_attn_with_kvcache",
-]

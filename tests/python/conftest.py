@@ -26,5 +26,8 @@ def pytest_report_header(config):
 
     error = _lib.load_error()
     lib = "NOT LOADED: " + error if error else _lib.lib().path
-    return [f"libflashattn: {lib}", f"torch {torch.__version__}, threads {torch.get_num_threads()}",
-            f"FLASHATTN_NUM_THREADS={os.environ.get('FLASHATTN_NUM_THREADS', '')}"]
+    return [
+        f"libflashattn: {lib}",
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}",
+        f"FLASHATTN_NUM_THREADS={os.environ.get('FLASHATTN_NUM_THREADS', '')}",
+    ]

@@ -44,8 +44,21 @@ def alibi_bias(slopes, s_q, s_k, is_causal, dtype):
     return slopes.to(dtype).view(-1, 1, 1) * dist
 
 
-def attention_ref(q, k, v, *, scale=None, causal=False, window=(-1, -1), softcap=0.0, alibi=None,
-                  keep=None, dropout_p=0.0, upcast=True, max_seqlen_k=None):
+def attention_ref(
+    q,
+    k,
+    v,
+    *,
+    scale=None,
+    causal=False,
+    window=(-1, -1),
+    softcap=0.0,
+    alibi=None,
+    keep=None,
+    dropout_p=0.0,
+    upcast=True,
+    max_seqlen_k=None,
+):
     """One batch of equal-length sequences.
 
     q (b, s_q, h, d), k (b, s_k, h_k, d), v (b, s_k, h_k, d_v); alibi (h,) or (b, h) fp32;
@@ -55,7 +68,7 @@ def attention_ref(q, k, v, *, scale=None, causal=False, window=(-1, -1), softcap
     dtype = torch.float64 if upcast else q.dtype
     b, s_q, h, d = q.shape
     s_k, h_k = k.shape[1], k.shape[2]
-    scale = d ** -0.5 if scale is None else scale
+    scale = d**-0.5 if scale is None else scale
     left, right, is_causal = normalise_window(causal, window, s_k if max_seqlen_k is None else max_seqlen_k)
     qf = q.to(dtype)
     kf = k.to(dtype).repeat_interleave(h // h_k, dim=2)
@@ -95,7 +108,8 @@ def assert_rule(name, ours, ref, base, factor, atol=1e-5):
     err = (ours64 - ref64).abs().max().item()
     base_err = (base64 - ref64).abs().nan_to_num(0.0).max().item()
     assert err <= factor * base_err + atol, (
-        f"{name}: max error {err:.3e} > {factor} x same-dtype error {base_err:.3e} + {atol:g}")
+        f"{name}: max error {err:.3e} > {factor} x same-dtype error {base_err:.3e} + {atol:g}"
+    )
 
 
 def dropout_keep(s_dmask, s_q, s_k):

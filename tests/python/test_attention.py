@@ -38,9 +38,13 @@ CASES = [
 
 def _ids(case):
     api, dtype, d, (sq, sk), (h, hk), causal, window, softcap, alibi = case
-    return (f"{api}-{str(dtype)[6:]}-d{d}-{sq}x{sk}-h{h}/{hk}" + ("-causal" if causal else "")
-            + (f"-w{window[0]},{window[1]}" if window != (-1, -1) else "") + (f"-cap{softcap:g}" if softcap else "")
-            + ("-alibi" if alibi else ""))
+    return (
+        f"{api}-{str(dtype)[6:]}-d{d}-{sq}x{sk}-h{h}/{hk}"
+        + ("-causal" if causal else "")
+        + (f"-w{window[0]},{window[1]}" if window != (-1, -1) else "")
+        + (f"-cap{softcap:g}" if softcap else "")
+        + ("-alibi" if alibi else "")
+    )
 
 
 def _call(api, q, k, v, **kw):
@@ -75,8 +79,9 @@ def test_forward_backward(case):
     v = torch.randn(batch, s_k, h_k, d, dtype=dtype)
     slopes = torch.rand(batch, h, dtype=torch.float32) * 0.3 if alibi else None
     kw = dict(causal=causal, window=window, softcap=softcap, alibi=slopes)
-    out, lse, leaves, unpack = _call(api, q, k, v, causal=causal, window_size=window, softcap=softcap,
-                                     alibi_slopes=slopes)
+    out, lse, leaves, unpack = _call(
+        api, q, k, v, causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes
+    )
     g = torch.randn_like(out)
     ref_out, ref_lse, ref_grads = _ref_grads(q, k, v, g, True, **kw)
     base_out, base_lse, base_grads = _ref_grads(q, k, v, g, False, **kw)

@@ -54,24 +54,31 @@ _CHECKS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 @pytest.mark.parametrize("return_softmax,dropout_p", [(False, 0.0), (True, 0.1)])
 def test_opcheck_forward(return_softmax, dropout_p):
     q, k, v = (torch.randn(2, 33, 4, 16) for _ in range(3))
-    torch.library.opcheck(_flash_attn_forward, (q, k, v, dropout_p, 0.25, True, -1, -1, 0.0, None, return_softmax),
-                          test_utils=_CHECKS if dropout_p == 0 else ("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        _flash_attn_forward,
+        (q, k, v, dropout_p, 0.25, True, -1, -1, 0.0, None, return_softmax),
+        test_utils=_CHECKS if dropout_p == 0 else ("test_schema", "test_faketensor"),
+    )
     cu = torch.tensor([0, 20, 33], dtype=torch.int32)
     qv, kv, vv = (t[0] for t in (q, k, v))
-    torch.library.opcheck(_flash_attn_varlen_forward, (qv, kv, vv, cu, cu, 20, 20, 0.0, 0.25, True),
-                          test_utils=_CHECKS)
+    torch.library.opcheck(_flash_attn_varlen_forward, (qv, kv, vv, cu, cu, 20, 20, 0.0, 0.25, True), test_utils=_CHECKS)
 
 
 def test_opcheck_backward():
     q, k, v, out, dout = (torch.randn(2, 33, 4, 16) for _ in range(5))
     _, lse, _, rng = _flash_attn_forward(q, k, v, 0.0, 0.25, False, -1, -1, 0.0, None, False)
     dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-    torch.library.opcheck(_flash_attn_backward, (dout, q, k, v, out, lse, dq, dk, dv, 0.0, 0.25, False, -1, -1,
-                                                 0.0, None, False, rng), test_utils=_CHECKS)
+    torch.library.opcheck(
+        _flash_attn_backward,
+        (dout, q, k, v, out, lse, dq, dk, dv, 0.0, 0.25, False, -1, -1, 0.0, None, False, rng),
+        test_utils=_CHECKS,
+    )
     cu = torch.tensor([0, 20, 33], dtype=torch.int32)
     qv, kv, vv, ov, dov = (t[0] for t in (q, k, v, out, dout))
     _, lse_v, _, _ = _flash_attn_varlen_forward(qv, kv, vv, cu, cu, 20, 20, 0.0, 0.25, False)
     dqv, dkv, dvv = (torch.empty_like(t) for t in (qv, kv, vv))
-    torch.library.opcheck(_flash_attn_varlen_backward, (dov, qv, kv, vv, ov, lse_v, dqv, dkv, dvv, cu, cu, 20, 20,
-                                                        0.0, 0.25, False, -1, -1, 0.0, None, False, None),
-                          test_utils=_CHECKS)
+    torch.library.opcheck(
+        _flash_attn_varlen_backward,
+        (dov, qv, kv, vv, ov, lse_v, dqv, dkv, dvv, cu, cu, 20, 20, 0.0, 0.25, False, -1, -1, 0.0, None, False, None),
+        test_utils=_CHECKS,
+    )

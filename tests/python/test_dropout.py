@@ -23,11 +23,14 @@ def test_drop_rate(causal):
     assert (s_dmask[:, :, ~vis] == 0).all(), "masked-out positions of S_dmask must be 0"
 
 
-@pytest.mark.parametrize("dtype,d,shape,h_k,causal", [
-    (torch.float16, 64, (113, 203), 2, False),
-    (torch.bfloat16, 59, (128, 128), 1, True),
-    (torch.float32, 128, (1, 239), 4, False),
-])
+@pytest.mark.parametrize(
+    "dtype,d,shape,h_k,causal",
+    [
+        (torch.float16, 64, (113, 203), 2, False),
+        (torch.bfloat16, 59, (128, 128), 1, True),
+        (torch.float32, 128, (1, 239), 4, False),
+    ],
+)
 def test_output_and_gradients_follow_the_mask(dtype, d, shape, h_k, causal):
     s_q, s_k = shape
     q = torch.randn(2, s_q, 4, d, dtype=dtype, requires_grad=True)
@@ -75,14 +78,15 @@ def test_varlen_dropout_follows_the_mask():
     lens = [50, 13, 77]
     cu = torch.tensor([0] + lens).cumsum(0).to(torch.int32)
     q, k, v = (torch.randn(sum(lens), 3, 32, dtype=torch.float16, requires_grad=True) for _ in range(3))
-    out, lse, s_dmask = flash_attn_varlen_func(q, k, v, cu, cu, 77, 77, dropout_p=P, causal=True,
-                                               return_attn_probs=True)
+    out, lse, s_dmask = flash_attn_varlen_func(
+        q, k, v, cu, cu, 77, 77, dropout_p=P, causal=True, return_attn_probs=True
+    )
     assert s_dmask.shape == (3, 3, 128, 128)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     for i, n in enumerate(lens):
         rows = slice(int(cu[i]), int(cu[i + 1]))
-        keep = dropout_keep(s_dmask[i:i + 1], n, n)
+        keep = dropout_keep(s_dmask[i : i + 1], n, n)
         refs = {}
         for upcast in (True, False):
             leaves = [t[rows][None].detach().clone().requires_grad_() for t in (q, k, v)]

@@ -9,19 +9,33 @@ import warnings
 import pytest
 import torch
 
-from flash_attn import _engine, _flaggems, _lib, flash_attn_func
+from flash_attn import _engine, _flaggems, flash_attn_func
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "flash_attn", *args], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flash_attn", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        timeout=120,
+    )
 
 
 def test_environment_report():
     result = _run()
     assert result.returncode == 0, result.stderr
-    for needle in ("flash_attn", "2.8.3", "libflashattn", "backend cpu", "available", "backend cuda",
-                   "JIT cache", "cpu threads", "torch"):
+    for needle in (
+        "flash_attn",
+        "2.8.3",
+        "libflashattn",
+        "backend cpu",
+        "available",
+        "backend cuda",
+        "JIT cache",
+        "cpu threads",
+        "torch",
+    ):
         assert needle in result.stdout, needle
 
 

@@ -19,8 +19,10 @@ LIMIT_S = 60.0
 
 pytestmark = [
     pytest.mark.install,
-    pytest.mark.skipif(os.environ.get("FLASH_ATTN_TEST_INSTALL") != "1",
-                       reason="set FLASH_ATTN_TEST_INSTALL=1 to time pip install . in a fresh venv"),
+    pytest.mark.skipif(
+        os.environ.get("FLASH_ATTN_TEST_INSTALL") != "1",
+        reason="set FLASH_ATTN_TEST_INSTALL=1 to time pip install . in a fresh venv",
+    ),
 ]
 
 
@@ -39,17 +41,24 @@ def test_pip_install_fresh_venv(tmp_path):
     env.pop("PYTHONPATH", None)
     assert shutil.which("nvcc", path=env["PATH"]) is None
     start = time.monotonic()
-    result = subprocess.run([str(python), "-m", "pip", "install", "--no-cache-dir", "-q", str(ROOT)],
-                            env=env, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-cache-dir", "-q", str(ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     print(f"pip install . took {elapsed:.1f} s")
     assert elapsed < LIMIT_S, f"pip install . took {elapsed:.1f} s (limit {LIMIT_S} s)"
-    probe = ("import flash_attn, flash_attn_2_cuda, torch; from flash_attn import _lib; "
-             "assert flash_attn.__version__ == '2.8.3'; "
-             "assert _lib.load_error() is None, _lib.load_error(); "
-             "import importlib.metadata as m; assert m.version('flash_attn') == '2.8.3'; "
-             "print(_lib.lib().path)")
+    probe = (
+        "import flash_attn, flash_attn_2_cuda, torch; from flash_attn import _lib; "
+        "assert flash_attn.__version__ == '2.8.3'; "
+        "assert _lib.load_error() is None, _lib.load_error(); "
+        "import importlib.metadata as m; assert m.version('flash_attn') == '2.8.3'; "
+        "print(_lib.lib().path)"
+    )
     check = subprocess.run([str(python), "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert str(venv) in check.stdout, f"library loaded from outside the venv: {check.stdout}"

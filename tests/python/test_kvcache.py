@@ -20,14 +20,30 @@ def rotate(x, cos, sin, positions, interleaved):
     if interleaved:
         x1, x2 = x[..., 0:rd:2], x[..., 1:rd:2]
     else:
-        x1, x2 = x[..., : rd // 2], x[..., rd // 2:rd]
+        x1, x2 = x[..., : rd // 2], x[..., rd // 2 : rd]
     r1, r2 = x1 * c - x2 * s, x1 * s + x2 * c
     rot = torch.stack((r1, r2), -1).flatten(-2) if interleaved else torch.cat((r1, r2), -1)
     return torch.cat((rot, x[..., rd:]), -1)
 
 
-def kvcache_ref(q, k_dense, v_dense, k_new, v_new, cache_seqlens, batch_idx, leftpad, cos, sin,
-                interleaved, causal, window, capacity, upcast, **kw):
+def kvcache_ref(
+    q,
+    k_dense,
+    v_dense,
+    k_new,
+    v_new,
+    cache_seqlens,
+    batch_idx,
+    leftpad,
+    cos,
+    sin,
+    interleaved,
+    causal,
+    window,
+    capacity,
+    upcast,
+    **kw,
+):
     """k_dense/v_dense (b_cache, capacity, h_k, d) before the call. Returns (out, lse, k_after,
     v_after) where *_after are the expected caches (in the input dtype)."""
     b, s_q = q.shape[0], q.shape[1]
@@ -43,8 +59,8 @@ def kvcache_ref(q, k_dense, v_dense, k_new, v_new, cache_seqlens, batch_idx, lef
             k_i = k_new[i]
             if cos is not None:
                 k_i = rotate(k_i, cos, sin, torch.arange(cs, cs + s_new), interleaved).to(q.dtype)
-            k_after[r, cs:cs + s_new] = k_i
-            v_after[r, cs:cs + s_new] = v_new[i]
+            k_after[r, cs : cs + s_new] = k_i
+            v_after[r, cs : cs + s_new] = v_new[i]
             end = cs + s_new
         else:
             end = cs
@@ -53,9 +69,17 @@ def kvcache_ref(q, k_dense, v_dense, k_new, v_new, cache_seqlens, batch_idx, lef
             pos = torch.arange(cs, cs + s_q) if local else torch.full((s_q,), cs)
             q_i = rotate(q_i, cos, sin, pos, interleaved).to(q.dtype)
         start = int(leftpad[i]) if leftpad is not None else 0
-        out, lse, _ = attention_ref(q_i[None], k_after[r:r + 1, start:end], v_after[r:r + 1, start:end],
-                                    causal=causal, window=window, upcast=upcast, max_seqlen_k=capacity,
-                                    alibi=slopes, **kw)
+        out, lse, _ = attention_ref(
+            q_i[None],
+            k_after[r : r + 1, start:end],
+            v_after[r : r + 1, start:end],
+            causal=causal,
+            window=window,
+            upcast=upcast,
+            max_seqlen_k=capacity,
+            alibi=slopes,
+            **kw,
+        )
         outs.append(out)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses), k_after, v_after
@@ -79,16 +103,38 @@ CASES = [
 
 
 def _id(c):
-    return (f"{str(c[0])[6:]}-d{c[1]}-h{c[2][0]}/{c[2][1]}-q{c[3]}-new{c[4]}" + ("-causal" if c[6] else "")
-            + (f"-rot{c[8][0]}{'i' if c[8][1] else 'n'}" if c[8] else "") + (f"-page{c[9]}" if c[9] else "")
-            + ("-leftpad" if c[10] else "") + ("-bidx" if c[11] else "") + ("-alibi" if c[12] else "")
-            + (f"-cap{c[13]:g}" if c[13] else "") + (f"-splits{c[14]}" if c[14] else ""))
+    return (
+        f"{str(c[0])[6:]}-d{c[1]}-h{c[2][0]}/{c[2][1]}-q{c[3]}-new{c[4]}"
+        + ("-causal" if c[6] else "")
+        + (f"-rot{c[8][0]}{'i' if c[8][1] else 'n'}" if c[8] else "")
+        + (f"-page{c[9]}" if c[9] else "")
+        + ("-leftpad" if c[10] else "")
+        + ("-bidx" if c[11] else "")
+        + ("-alibi" if c[12] else "")
+        + (f"-cap{c[13]:g}" if c[13] else "")
+        + (f"-splits{c[14]}" if c[14] else "")
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_kvcache(case):
-    (dtype, d, (h, h_k), s_q, s_new, capacity, causal, window, rotary, page, use_leftpad, use_bidx,
-     alibi, softcap, num_splits) = case
+    (
+        dtype,
+        d,
+        (h, h_k),
+        s_q,
+        s_new,
+        capacity,
+        causal,
+        window,
+        rotary,
+        page,
+        use_leftpad,
+        use_bidx,
+        alibi,
+        softcap,
+        num_splits,
+    ) = case
     b = 3
     capacity = capacity or 300  # paged: logical capacity per row
     cache_seqlens = torch.randint(0, capacity - s_new + 1, (b,), dtype=torch.int32)
@@ -122,14 +168,45 @@ def test_kvcache(case):
     kw = dict(softcap=softcap)
     results = {}
     for upcast in (True, False):
-        results[upcast] = kvcache_ref(q, k_dense, v_dense, k_new, v_new, cache_seqlens,
-                                      batch_idx, leftpad, cos, sin, rotary[1] if rotary else True, causal,
-                                      window, capacity, upcast, alibi_i=slopes, **kw)
+        results[upcast] = kvcache_ref(
+            q,
+            k_dense,
+            v_dense,
+            k_new,
+            v_new,
+            cache_seqlens,
+            batch_idx,
+            leftpad,
+            cos,
+            sin,
+            rotary[1] if rotary else True,
+            causal,
+            window,
+            capacity,
+            upcast,
+            alibi_i=slopes,
+            **kw,
+        )
     out, lse = flash_attn_with_kvcache(
-        q, k_cache, v_cache, k=k_new, v=v_new, rotary_cos=cos, rotary_sin=sin, cache_seqlens=cache_seqlens,
-        cache_batch_idx=batch_idx, cache_leftpad=leftpad, block_table=block_table, causal=causal,
-        window_size=window, softcap=softcap, rotary_interleaved=rotary[1] if rotary else True,
-        alibi_slopes=slopes, num_splits=num_splits, return_softmax_lse=True)
+        q,
+        k_cache,
+        v_cache,
+        k=k_new,
+        v=v_new,
+        rotary_cos=cos,
+        rotary_sin=sin,
+        cache_seqlens=cache_seqlens,
+        cache_batch_idx=batch_idx,
+        cache_leftpad=leftpad,
+        block_table=block_table,
+        causal=causal,
+        window_size=window,
+        softcap=softcap,
+        rotary_interleaved=rotary[1] if rotary else True,
+        alibi_slopes=slopes,
+        num_splits=num_splits,
+        return_softmax_lse=True,
+    )
     assert out.shape == (b, s_q, h, d) and lse.shape == (b, h, s_q)
     assert_rule("out", out, results[True][0], results[False][0], KV_FACTOR)
     assert_rule("lse", lse, results[True][1], results[False][1], KV_FACTOR)

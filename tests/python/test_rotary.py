@@ -30,12 +30,17 @@ def test_apply_rotary_emb(interleaved, rotary_dim):
     out = apply_rotary_emb(x, cos, sin, interleaved=interleaved, seqlen_offsets=offsets)
     ref = _rotation_ref(x, cos, sin, torch.arange(20)[None, :] + offsets[:, None], interleaved)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(apply_rotary_emb_torch(x, cos[5:25], sin[5:25], interleaved).double(),
-                               _rotation_ref(x, cos, sin, torch.arange(5, 25), interleaved), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        apply_rotary_emb_torch(x, cos[5:25], sin[5:25], interleaved).double(),
+        _rotation_ref(x, cos, sin, torch.arange(5, 25), interleaved),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     y = x.clone()
     assert apply_rotary_emb(y, cos, sin, interleaved=interleaved, inplace=True, seqlen_offsets=3) is y
-    torch.testing.assert_close(y.double(), _rotation_ref(x, cos, sin, torch.arange(3, 23), interleaved),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        y.double(), _rotation_ref(x, cos, sin, torch.arange(3, 23), interleaved), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_varlen_positions_restart_per_sequence():

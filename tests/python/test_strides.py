@@ -15,7 +15,7 @@ def _grads(fn, *inputs):
 
 def test_batched_strided_equals_contiguous():
     base = torch.randn(2, 6, 50, 48, dtype=torch.bfloat16)  # (b, h, s, d): transposed like transformers
-    q = base[:, :4].transpose(1, 2)                          # (2, 50, 4, 48), non-contiguous
+    q = base[:, :4].transpose(1, 2)  # (2, 50, 4, 48), non-contiguous
     kv_buf = torch.randn(2, 70, 2, 3, 64, dtype=torch.bfloat16)
     k, v = kv_buf[:, :, 0, :2, :48], kv_buf[:, :, 1, :2, :48]  # head dim sliced: last stride still 1
     assert not q.is_contiguous() and not k.is_contiguous()

@@ -20,12 +20,13 @@ def varlen_ref(q, k, v, cu_q, cu_k, max_k, upcast, alibi=None, key_ranges=None, 
     (start, end) rows of sequence i's keys relative to cu_k[i] (default: all of them)."""
     outs, lses = [], []
     for i in range(len(cu_q) - 1):
-        q_i = q[cu_q[i]:cu_q[i + 1]]
+        q_i = q[cu_q[i] : cu_q[i + 1]]
         start, end = key_ranges[i] if key_ranges else (0, int(cu_k[i + 1] - cu_k[i]))
-        k_i, v_i = k[cu_k[i] + start:cu_k[i] + end], v[cu_k[i] + start:cu_k[i] + end]
+        k_i, v_i = k[cu_k[i] + start : cu_k[i] + end], v[cu_k[i] + start : cu_k[i] + end]
         slopes = None if alibi is None else (alibi[i] if alibi.dim() == 2 else alibi)
-        out, lse, _ = attention_ref(q_i[None], k_i[None], v_i[None], upcast=upcast, alibi=slopes,
-                                    max_seqlen_k=max_k, **kw)
+        out, lse, _ = attention_ref(
+            q_i[None], k_i[None], v_i[None], upcast=upcast, alibi=slopes, max_seqlen_k=max_k, **kw
+        )
         outs.append(out[0])
         lses.append(lse[0])
     return torch.cat(outs), torch.cat(lses, dim=-1)
@@ -63,7 +64,9 @@ def _run(api, leaves, cu_q, cu_k, max_q, max_k, **kw):
     return flash_attn_varlen_qkvpacked_func(leaves[0], cu_q, max_q, return_attn_probs=True, **kw)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{str(c[1])[6:]}-d{c[2]}-h{c[3][0]}/{c[3][1]}-{len(c[4])}seqs")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c[0]}-{str(c[1])[6:]}-d{c[2]}-h{c[3][0]}/{c[3][1]}-{len(c[4])}seqs"
+)
 def test_varlen_forward_backward(case):
     api, dtype, d, (h, h_k), lens_q, lens_k, causal, window, softcap, alibi = case
     lens_k = lens_q if lens_k is None else lens_k
@@ -74,8 +77,9 @@ def test_varlen_forward_backward(case):
     v = torch.randn(sum(lens_k), h_k, d, dtype=dtype)
     slopes = torch.rand(len(lens_q), h) * 0.3 if alibi else None
     leaves, unpack = _leaves(api, q, k, v)
-    out, lse, _ = _run(api, leaves, cu_q, cu_k, max_q, max_k, causal=causal, window_size=window,
-                       softcap=softcap, alibi_slopes=slopes)
+    out, lse, _ = _run(
+        api, leaves, cu_q, cu_k, max_q, max_k, causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes
+    )
     assert lse.shape == (h, sum(lens_q))
     g = torch.randn_like(out)
     kw = dict(causal=causal, window=window, softcap=softcap, alibi=slopes)
@@ -100,13 +104,36 @@ def test_varlen_raw_backward_writes_every_row():
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     dq, dk, dv, softmax_d = flash_attn_gpu.varlen_bwd(
-        g, q.detach(), k.detach(), v.detach(), out.detach(), lse, None, None, None, cu, cu, None, 60, 60,
-        0.0, 32 ** -0.5, False, True, -1, -1, 0.0, False, None, None)
+        g,
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        out.detach(),
+        lse,
+        None,
+        None,
+        None,
+        cu,
+        cu,
+        None,
+        60,
+        60,
+        0.0,
+        32**-0.5,
+        False,
+        True,
+        -1,
+        -1,
+        0.0,
+        False,
+        None,
+        None,
+    )
     for ours, ref in zip((dq, dk, dv), grads):
         assert torch.equal(ours, ref)
     assert softmax_d.shape == (4, sum(lens) + 128 * len(lens))
     expected_d = (g.float() * out.detach().float()).sum(-1).t()  # rowsum(dout * out), (h, total_q)
-    torch.testing.assert_close(softmax_d[:, :sum(lens)], expected_d, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(softmax_d[:, : sum(lens)], expected_d, atol=2e-3, rtol=2e-3)
 
 
 @pytest.mark.parametrize("use_seqused,use_leftpad", [(True, False), (False, True), (True, True)])
@@ -118,9 +145,19 @@ def test_seqused_and_leftpad(use_seqused, use_leftpad):
     used = [31, 30, 10] if use_seqused else lens_k
     pad = [3, 0, 7] if use_leftpad else [0, 0, 0]
     out, lse, _, _ = _flash_attn_varlen_forward(
-        q, k, v, cu_q, cu_k, 9, 64, 0.0, 64 ** -0.5, True,
+        q,
+        k,
+        v,
+        cu_q,
+        cu_k,
+        9,
+        64,
+        0.0,
+        64**-0.5,
+        True,
         seqused_k=torch.tensor(used, dtype=torch.int32) if use_seqused else None,
-        leftpad_k=torch.tensor(pad, dtype=torch.int32) if use_leftpad else None)
+        leftpad_k=torch.tensor(pad, dtype=torch.int32) if use_leftpad else None,
+    )
     ranges = list(zip(pad, used))
     ref = [varlen_ref(q, k, v, cu_q, cu_k, 64, upcast, causal=True, key_ranges=ranges) for upcast in (True, False)]
     assert_rule("out", out, ref[0][0], ref[1][0], FWD_FACTOR)
@@ -151,8 +188,18 @@ def test_paged_kv(page_size):
             src = slice(int(cu_k[i]) + rows.start, int(cu_k[i]) + rows.stop)
             k_paged[page, : rows.stop - rows.start] = k[src]
             v_paged[page, : rows.stop - rows.start] = v[src]
-    out, lse, _ = flash_attn_varlen_func(q, k_paged, v_paged, cu_q, cu_k, max(lens_q), max(lens_k),
-                                         causal=True, block_table=block_table, return_attn_probs=True)
+    out, lse, _ = flash_attn_varlen_func(
+        q,
+        k_paged,
+        v_paged,
+        cu_q,
+        cu_k,
+        max(lens_q),
+        max(lens_k),
+        causal=True,
+        block_table=block_table,
+        return_attn_probs=True,
+    )
     ref = [varlen_ref(q, k, v, cu_q, cu_k, max(lens_k), upcast, causal=True) for upcast in (True, False)]
     assert_rule("out", out, ref[0][0], ref[1][0], FWD_FACTOR)
     assert_rule("lse", lse, ref[0][1], ref[1][1], FWD_FACTOR)

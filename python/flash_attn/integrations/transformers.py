@@ -34,8 +34,19 @@ def _unpad_query(query, attention_mask, q_len):
     return q, indices, cu, max_len
 
 
-def attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                      sliding_window=None, softcap=None, is_causal=None, **kwargs):
+def attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
+    softcap=None,
+    is_causal=None,
+    **kwargs,
+):
     """transformers attention interface: query (b, h, s_q, d), key/value (b, h_k, s_k, d) ->
     ((b, s_q, h, d), None)."""
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (b, s, h, d) views
@@ -43,13 +54,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     causal = module.is_causal if is_causal is None else is_causal
     kv_len = k.shape[1]
     window = (sliding_window - 1, sliding_window - 1) if sliding_window and kv_len > sliding_window else (-1, -1)
-    common = dict(dropout_p=dropout, softmax_scale=scaling, causal=causal,
-                  window_size=window, softcap=softcap or 0.0)
+    common = dict(dropout_p=dropout, softmax_scale=scaling, causal=causal, window_size=window, softcap=softcap or 0.0)
     if attention_mask is None and kwargs.get("cu_seq_lens_q") is not None:  # packed sequences
         out = flash_attn_varlen_func(
-            q.reshape(-1, *q.shape[2:]), k.reshape(-1, *k.shape[2:]), v.reshape(-1, *v.shape[2:]),
-            kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"], kwargs["max_length_q"], kwargs["max_length_k"],
-            **common)
+            q.reshape(-1, *q.shape[2:]),
+            k.reshape(-1, *k.shape[2:]),
+            v.reshape(-1, *v.shape[2:]),
+            kwargs["cu_seq_lens_q"],
+            kwargs["cu_seq_lens_k"],
+            kwargs["max_length_q"],
+            kwargs["max_length_k"],
+            **common,
+        )
         return out.reshape(batch, q_len, *out.shape[1:]), None
     if attention_mask is None:
         return flash_attn_func(q, k, v, **common), None

@@ -7,7 +7,6 @@ through. interleaved=True pairs features (0, 1), (2, 3), ...; False (GPT-NeoX) p
 i + rotary_dim / 2.
 """
 
-
 from typing import Optional, Tuple, Union
 
 import torch
@@ -61,14 +60,24 @@ def apply_rotary_emb_torch(x, cos, sin, interleaved=False):
     return torch.cat((x[..., :rd] * c + rotate_half(x[..., :rd], interleaved) * s, x[..., rd:]), dim=-1)
 
 
-def apply_rotary_emb(x, cos, sin, interleaved=False, inplace=False, seqlen_offsets: Union[int, torch.Tensor] = 0,
-                     cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None):
+def apply_rotary_emb(
+    x,
+    cos,
+    sin,
+    interleaved=False,
+    inplace=False,
+    seqlen_offsets: Union[int, torch.Tensor] = 0,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    max_seqlen: Optional[int] = None,
+):
     """Returns x rotated (x itself when inplace). seqlen_offsets: int or (batch,) tensor added to
     the positions (e.g. the kv-cache length at inference). max_seqlen: accepted for upstream
     compatibility (positions come from cu_seqlens)."""
     rotary_dim = cos.shape[-1] * 2
     if rotary_dim > x.shape[-1]:
-        raise ValueError(f"apply_rotary_emb: rotary_dim {rotary_dim} (2 * cos.shape[-1]) must be <= headdim {x.shape[-1]}")
+        raise ValueError(
+            f"apply_rotary_emb: rotary_dim {rotary_dim} (2 * cos.shape[-1]) must be <= headdim {x.shape[-1]}"
+        )
     if sin.shape != cos.shape:
         raise ValueError(f"apply_rotary_emb: sin.shape {tuple(sin.shape)} must equal cos.shape {tuple(cos.shape)}")
     pos = _positions(x, seqlen_offsets, cu_seqlens)
@@ -88,8 +97,16 @@ def apply_rotary_emb_func(*args, **kwargs):
     return apply_rotary_emb(*args, **kwargs)
 
 
-def apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False,
-                          seqlen_offsets: Union[int, torch.Tensor] = 0, num_heads_q: Optional[int] = None):
+def apply_rotary_emb_qkv_(
+    qkv,
+    cos,
+    sin,
+    cos_k=None,
+    sin_k=None,
+    interleaved=False,
+    seqlen_offsets: Union[int, torch.Tensor] = 0,
+    num_heads_q: Optional[int] = None,
+):
     """In place on qkv (batch, seqlen, 3, nheads, headdim), or (batch, seqlen, nheads_q + 2 *
     nheads_k, headdim) with num_heads_q: rotates q with cos/sin and k with cos_k/sin_k."""
     cos_k = cos if cos_k is None else cos_k
@@ -100,7 +117,7 @@ def apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=Fal
         if num_heads_q is None:
             raise ValueError("apply_rotary_emb_qkv_: a 4-D qkv needs num_heads_q")
         num_heads_k = (qkv.shape[2] - num_heads_q) // 2
-        q, k = qkv[:, :, :num_heads_q], qkv[:, :, num_heads_q:num_heads_q + num_heads_k]
+        q, k = qkv[:, :, :num_heads_q], qkv[:, :, num_heads_q : num_heads_q + num_heads_k]
     apply_rotary_emb(q, cos, sin, interleaved, inplace=True, seqlen_offsets=seqlen_offsets)
     apply_rotary_emb(k, cos_k, sin_k, interleaved, inplace=True, seqlen_offsets=seqlen_offsets)
     return qkv
@@ -134,9 +151,13 @@ class RotaryEmbedding(torch.nn.Module):
         return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim))
 
     def _update_cos_sin_cache(self, seqlen, device=None, dtype=None):
-        stale = (self._cos_cached is None or seqlen > self._seq_len_cached
-                 or self._cos_cached.device != device or self._cos_cached.dtype != dtype
-                 or (self.training and self._cos_cached.is_inference()))
+        stale = (
+            self._cos_cached is None
+            or seqlen > self._seq_len_cached
+            or self._cos_cached.device != device
+            or self._cos_cached.dtype != dtype
+            or (self.training and self._cos_cached.is_inference())
+        )
         if not stale:
             return
         self._seq_len_cached = seqlen
@@ -155,9 +176,14 @@ class RotaryEmbedding(torch.nn.Module):
         self._cos_k_cached = (torch.cos(freqs) / scale).to(dtype)
         self._sin_k_cached = (torch.sin(freqs) / scale).to(dtype)
 
-    def forward(self, qkv: torch.Tensor, kv: Optional[torch.Tensor] = None,
-                seqlen_offset: Union[int, torch.Tensor] = 0, max_seqlen: Optional[int] = None,
-                num_heads_q: Optional[int] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self,
+        qkv: torch.Tensor,
+        kv: Optional[torch.Tensor] = None,
+        seqlen_offset: Union[int, torch.Tensor] = 0,
+        max_seqlen: Optional[int] = None,
+        num_heads_q: Optional[int] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """qkv (batch, seqlen, 3, nheads, headdim) (or 4-D with num_heads_q), or q when kv
         (batch, seqlen, 2, nheads, headdim) is given. Rotates q and k in place and returns them."""
         seqlen = qkv.shape[1]
@@ -168,15 +194,25 @@ class RotaryEmbedding(torch.nn.Module):
         if kv is None:
             cos_k = self._cos_k_cached if self.scale is not None else None
             sin_k = self._sin_k_cached if self.scale is not None else None
-            return apply_rotary_emb_qkv_(qkv, self._cos_cached, self._sin_cached, cos_k, sin_k,
-                                         interleaved=self.interleaved, seqlen_offsets=seqlen_offset,
-                                         num_heads_q=num_heads_q)
-        q = apply_rotary_emb(qkv, self._cos_cached, self._sin_cached, interleaved=self.interleaved,
-                             inplace=True, seqlen_offsets=seqlen_offset)
+            return apply_rotary_emb_qkv_(
+                qkv,
+                self._cos_cached,
+                self._sin_cached,
+                cos_k,
+                sin_k,
+                interleaved=self.interleaved,
+                seqlen_offsets=seqlen_offset,
+                num_heads_q=num_heads_q,
+            )
+        q = apply_rotary_emb(
+            qkv,
+            self._cos_cached,
+            self._sin_cached,
+            interleaved=self.interleaved,
+            inplace=True,
+            seqlen_offsets=seqlen_offset,
+        )
         cos_k = self._cos_cached if self.scale is None else self._cos_k_cached
         sin_k = self._sin_cached if self.scale is None else self._sin_k_cached
         kv = apply_rotary_emb_kv_(kv, cos_k, sin_k, interleaved=self.interleaved, seqlen_offsets=seqlen_offset)
         return q, kv
-
-
-
