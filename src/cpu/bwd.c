@@ -67,11 +67,11 @@ static bwd_view view_lse(const fa_tensor *t, bool varlen) {
     return v;
 }
 
-/* A contiguous f32 buffer, head-major so that a tile's rows are adjacent (no cache-set
+/* A contiguous workspace buffer, head-major so that a tile's rows are adjacent (no cache-set
  * aliasing between rows): (b, h, seqlen, d), or varlen (h, rows, d). */
-static bwd_view view_f32(float *data, int64_t seqlen, int64_t rows, int64_t nheads, int64_t d,
-                         bool varlen) {
-    bwd_view v = {(char *)data, FA_DTYPE_F32, sizeof(float), 0, d, 0};
+static bwd_view view_buf(void *data, int32_t dtype, int64_t seqlen, int64_t rows, int64_t nheads,
+                         int64_t d, bool varlen) {
+    bwd_view v = {(char *)data, dtype, fa_dtype_size(dtype), 0, d, 0};
     v.bs = varlen ? 0 : nheads * seqlen * d;
     v.hs = varlen ? rows * d : seqlen * d;
     return v;
@@ -89,13 +89,15 @@ static inline float *view_f(const bwd_view *v, int64_t b, int64_t t, int64_t h) 
 typedef struct bwd_layout {
     int64_t rows;   /* token rows of q: b·s_q, or varlen total_q */
     int64_t rows_k; /* token rows of k: b·s_k, or varlen total_k */
+    bool pairs;     /* bf16 on AVX512_BF16: S and dP from bf16 pairs (gemm_bf16) */
+    int64_t d2, dv2; /* head dims in pairs: ceil(d / 2), ceil(d_v / 2) */
     int64_t chunks; /* kv chunks per (sequence, kv head) = dQ partials */
     size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
 } bwd_layout;
 
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
-    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, total;
+    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, total;
 } bwd_scratch_layout;
 
 typedef struct bwd_plan {
@@ -105,6 +107,7 @@ typedef struct bwd_plan {
     bwd_layout L;
     bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
     bwd_view q32, do32, k32, v32; /* f32 copies, the tiles' operands */
+    bwd_view q16, do16;           /* pairs: bf16 copies with even row lengths (2·d2, 2·dv2) */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
     char *scratch;      /* scratch_layout.total bytes per thread */
@@ -157,13 +160,19 @@ static bwd_scratch_layout scratch_layout(const fa_problem *p) {
     o.z = take(&at, bn * f);
     o.row = take(&at, row * f);
     o.words = take(&at, (bn + 4) * sizeof(uint32_t));
+    o.kt2 = take(&at, (d + 1) / 2 * bn * sizeof(uint32_t));
+    o.vt2 = take(&at, (dv + 1) / 2 * bn * sizeof(uint32_t));
     o.total = at;
     return o;
 }
 
-static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads, bwd_layout *L) {
+static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bwd_kernels *kern,
+                          int threads, bwd_layout *L) {
     L->rows = p->varlen ? a->q.shape[0] : p->batch * p->max_seqlen_q;
     L->rows_k = p->varlen ? a->k.shape[0] : p->batch * p->max_seqlen_k;
+    L->pairs = p->dtype == FA_DTYPE_BF16 && kern->gemm_bf16 != NULL;
+    L->d2 = (p->d + 1) / 2;
+    L->dv2 = (p->d_v + 1) / 2;
     size_t dq_bytes = (size_t)L->rows * (size_t)p->nheads * (size_t)p->d * sizeof(float);
     int64_t owners = p->batch * p->nheads_k;
     int64_t want = ceil_div(BWD_MIN_TASKS, owners);
@@ -176,13 +185,17 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, int threads
     size_t q_row = (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4;
     size_t k_row = (size_t)p->nheads_k * (size_t)(p->d + p->d_v) * 4;
     L->copy_bytes = (size_t)L->rows * q_row + (size_t)L->rows_k * k_row + 4 * BWD_ALIGN;
+    if (L->pairs)
+        L->copy_bytes += (size_t)L->rows * (size_t)p->nheads * (size_t)(L->d2 + L->dv2) * 4 +
+                         2 * BWD_ALIGN;
     L->scratch_bytes = scratch_layout(p).total;
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
 
 static const fa_bwd_kernels *bwd_kernels_for(fa_cpu_isa isa) {
 #if defined(FA_HAVE_X86)
-    if (isa == FA_ISA_AVX512 || isa == FA_ISA_AVX512_BF16) return &fa_bwd_kernels_avx512;
+    if (isa == FA_ISA_AVX512_BF16) return &fa_bwd_kernels_avx512_bf16;
+    if (isa == FA_ISA_AVX512) return &fa_bwd_kernels_avx512;
     if (isa == FA_ISA_AVX2) return &fa_bwd_kernels_avx2;
 #endif
     (void)isa;
@@ -201,6 +214,8 @@ typedef struct bwd_scratch {
     float *z;      /* (bn)      dropout keep / (1 - p) of one row */
     uint32_t *words; /* (bn + 4) its Philox words */
     float *row;    /* (max(d, dv)) */
+    uint32_t *kt2; /* (d2, bn)  pairs: bf16 pairs of kt along d */
+    uint32_t *vt2; /* (dv2, bn) */
 } bwd_scratch;
 
 static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
@@ -209,7 +224,7 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
     bwd_scratch sc = {(float *)(at + o->kt), (float *)(at + o->dk),   (float *)(at + o->vt),
                       (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
                       (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
-                      (float *)(at + o->row)};
+                      (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2)};
     return sc;
 }
 
@@ -226,7 +241,13 @@ static bool row_in_sequences(const bwd_plan *pl, const fa_tensor *cu, int64_t t)
     return !pl->p->varlen || (t >= read_i32(cu, 0) && t < read_i32(cu, pl->p->batch));
 }
 
-/* q row: copies of q and dout, Δ = dO · O (0 outside every sequence). */
+/* n bf16 values, then a zero when n is odd (the pair kernels read whole pairs). */
+static void copy_pairs(uint16_t *dst, const void *src, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(uint16_t));
+    if (n % 2) dst[n] = 0;
+}
+
+/* q row: copies of q and dout, Δ = dO · O rounded like dP (0 outside every sequence). */
 static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
     const fa_problem *p = pl->p;
     int64_t b, t;
@@ -237,7 +258,13 @@ static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
         fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
         fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
         fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
-        *view_f(&pl->dsum, b, t, h) = live ? pl->kern->dot(dout, o, p->d_v) : 0.0f;
+        if (pl->L.pairs) {
+            copy_pairs(view_at(&pl->q16, b, t, h), view_at(&pl->q, b, t, h), p->d);
+            copy_pairs(view_at(&pl->do16, b, t, h), view_at(&pl->dout, b, t, h), p->d_v);
+        }
+        float delta = pl->L.pairs ? pl->kern->dot_pairs(dout, o, p->d_v)
+                                  : pl->kern->dot(dout, o, p->d_v);
+        *view_f(&pl->dsum, b, t, h) = live ? delta : 0.0f;
     }
 }
 
@@ -377,8 +404,15 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     const int64_t q_ld = pl->q32.ts, do_ld = pl->do32.ts, dq_ld = pl->part.ts;
     float slope = pl->p->alibi != FA_ALIBI_NONE ? alibi_slope(pl, seq->b, h) : 0.0f;
 
-    kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
-    kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
+    if (pl->L.pairs) {
+        const uint16_t *q2 = view_at(&pl->q16, seq->b, seq->q0 + i0, h);     /* (mi, 2·d2) */
+        const uint16_t *do2 = view_at(&pl->do16, seq->b, seq->q0 + i0, h);   /* (mi, 2·dv2) */
+        kern->gemm_bf16(mi, nj, pl->L.d2, q2, pl->q16.ts, sc->kt2, bn, sc->s, bn);
+        kern->gemm_bf16(mi, nj, pl->L.dv2, do2, pl->do16.ts, sc->vt2, bn, sc->dp, bn);
+    } else {
+        kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
+        kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
+    }
     for (int64_t r = 0; r < mi; ++r)
         tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
                  sc->tc + r * bn);
@@ -388,7 +422,19 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
 }
 
 /* ---------------------------------------------------------------- pass 2: one kv block */
-/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn). */
+/* dst (ceil(n / 2), ld) = bf16 pairs (x[j][2c], x[j][2c + 1]) of x (rows, n), whose f32 values
+ * are bf16 exactly (so the top half of each is its bf16); an odd n is padded with 0. */
+static void pack_pairs(uint32_t *dst, int64_t ld, const float *x, int64_t rows, int64_t n) {
+    for (int64_t j = 0; j < rows; ++j)
+        for (int64_t c = 0; c < n; c += 2) {
+            uint32_t lo, hi = 0;
+            memcpy(&lo, &x[j * n + c], sizeof lo);
+            if (c + 1 < n) memcpy(&hi, &x[j * n + c + 1], sizeof hi);
+            dst[c / 2 * ld + j] = (lo >> 16) | (hi & 0xFFFF0000u);
+        }
+}
+
+/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn), and as pairs. */
 static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
                           int64_t kvh, int64_t j0, int64_t nj) {
     const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
@@ -397,6 +443,10 @@ static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_s
     for (int64_t j = 0; j < nj; ++j) {
         for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
         for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
+    }
+    if (pl->L.pairs) {
+        pack_pairs(sc->kt2, bn, k, nj, d);
+        pack_pairs(sc->vt2, bn, v, nj, dv);
     }
 }
 
@@ -474,7 +524,8 @@ static void bwd_reduce_task(void *arg, int64_t task, int thread) {
 fa_status fa_cpu_bwd_workspace(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
                                size_t *bytes) {
     bwd_layout L;
-    bwd_layout_of(p, a, fa_pool_size(fa_cpu_state_of(ctx)->pool), &L);
+    fa_cpu_state *state = fa_cpu_state_of(ctx);
+    bwd_layout_of(p, a, bwd_kernels_for(state->isa), fa_pool_size(state->pool), &L);
     *bytes = L.total_bytes;
     return FA_OK;
 }
@@ -486,7 +537,7 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
     pl->p = p;
     pl->a = a;
     pl->kern = bwd_kernels_for(fa_cpu_state_of(ctx)->isa);
-    bwd_layout_of(p, a, fa_pool_size(fa_cpu_state_of(ctx)->pool), &pl->L);
+    bwd_layout_of(p, a, pl->kern, fa_pool_size(fa_cpu_state_of(ctx)->pool), &pl->L);
     pl->q = view_tokens(&a->q, varlen);
     pl->k = view_tokens(&a->k, varlen);
     pl->v = view_tokens(&a->v, varlen);
@@ -501,7 +552,7 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
 
     char *at = (char *)align_up((size_t)ws);
     int64_t sq = p->max_seqlen_q, sk = p->max_seqlen_k, rows = pl->L.rows, rows_k = pl->L.rows_k;
-    pl->part = view_f32((float *)at, sq, rows, p->nheads, p->d, varlen);
+    pl->part = view_buf(at, FA_DTYPE_F32, sq, rows, p->nheads, p->d, varlen);
     pl->part_chunk = rows * p->nheads * p->d;
     at += pl->L.part_bytes;
     bwd_view *copies[] = {&pl->q32, &pl->do32, &pl->k32, &pl->v32};
@@ -509,8 +560,14 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
     const int64_t heads[] = {p->nheads, p->nheads, p->nheads_k, p->nheads_k};
     const int64_t dims[] = {p->d, p->d_v, p->d, p->d_v};
     for (int i = 0; i < 4; ++i) {
-        *copies[i] = view_f32((float *)at, lens[i], nrows[i], heads[i], dims[i], varlen);
+        *copies[i] = view_buf(at, FA_DTYPE_F32, lens[i], nrows[i], heads[i], dims[i], varlen);
         at += align_up((size_t)(nrows[i] * heads[i] * dims[i]) * sizeof(float));
+    }
+    if (pl->L.pairs) {
+        pl->q16 = view_buf(at, FA_DTYPE_BF16, sq, rows, p->nheads, 2 * pl->L.d2, varlen);
+        at += align_up((size_t)(rows * p->nheads * pl->L.d2) * 4);
+        pl->do16 = view_buf(at, FA_DTYPE_BF16, sq, rows, p->nheads, 2 * pl->L.dv2, varlen);
+        at += align_up((size_t)(rows * p->nheads * pl->L.dv2) * 4);
     }
     pl->scratch = at;
     pl->scratch_layout = scratch_layout(p);
@@ -559,4 +616,4 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL);

@@ -29,12 +29,20 @@ typedef struct fa_bwd_kernels {
      * w[4 g + l] is word l of group g0 + g. */
     void (*dropout_words)(uint32_t *w, uint64_t seed, uint64_t offset, uint32_t bh, uint32_t i,
                           uint32_t g0, int64_t ng);
+    /* AVX512_BF16 only (else NULL), for bf16 inputs, whose products are exact in f32:
+     * C (M, N) = A (M, 2·K2) · B on vdpbf16ps. A is bf16 row-major (row stride lda, even);
+     * B holds bf16 pairs along K, (K2, N) uint32 with row stride ldb. dot_pairs is its dot,
+     * rounded the same way (odd term, then even term, of each pair). */
+    void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
+                      const uint32_t *B, int64_t ldb, float *C, int64_t ldc);
+    float (*dot_pairs)(const float *a, const float *b, int64_t n);
 } fa_bwd_kernels;
 
 extern const fa_bwd_kernels fa_bwd_kernels_scalar;
 #if defined(FA_HAVE_X86)
 extern const fa_bwd_kernels fa_bwd_kernels_avx2;
 extern const fa_bwd_kernels fa_bwd_kernels_avx512;
+extern const fa_bwd_kernels fa_bwd_kernels_avx512_bf16;
 #endif
 
 /*
@@ -110,9 +118,9 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-/* Defines the kernel table `name` of one ISA file: its gemm and dot plus the shared loops
- * above, compiled with that file's flags. */
-#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn)                                                \
+/* Defines the kernel table `name` of one ISA file: its gemm and dot (and bf16 pair kernels or
+ * NULL) plus the shared loops above, compiled with that file's flags. */
+#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn, gemm_bf16_fn, dot_pairs_fn)                    \
     static void name##_exp_affine(float *x, int64_t n, float a, float b) {                       \
         fa_bwd_exp_affine_loop(x, n, a, b);                                                      \
     }                                                                                            \
@@ -123,7 +131,7 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                      uint32_t i, uint32_t g0, int64_t ng) {                      \
         fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);                               \
     }                                                                                            \
-    const fa_bwd_kernels name = {gemm_fn, name##_exp_affine, dot_fn, name##_softcap,             \
-                                 name##_dropout_words}
+    const fa_bwd_kernels name = {gemm_fn,       name##_exp_affine,    dot_fn,                     \
+                                 name##_softcap, name##_dropout_words, gemm_bf16_fn, dot_pairs_fn}
 
 #endif /* FA_CPU_BWD_H */

@@ -70,4 +70,4 @@ static void gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t a
 
 static float dot_avx2(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL);

@@ -6,20 +6,41 @@
  * zmm accumulators for the whole K loop: per k, NV loads of B, MR broadcasts of A and MR·NV
  * FMAs. Column tails use masked loads/stores (masked-off lanes are never touched, so nothing is
  * read past a row); row tails recompute the last row and skip its stores.
+ *
+ * gemm_bf16 (AVX512_BF16 hosts, bf16 inputs): the same block on vdpbf16ps, which multiplies
+ * pairs of bf16 along K and adds both products into f32 lanes: twice the FLOPs per instruction.
  */
 #include <immintrin.h>
 
 #include "cpu/bwd.h"
 
 enum { MR = 6, NV_MAX = 4, W = 16 };
+#define FA_INLINE static inline __attribute__((always_inline))
 
-static inline __attribute__((always_inline)) void
-gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs, int64_t a_cs,
-           const float *B, int64_t ldb, float *C, int64_t ldc, __mmask16 tail, bool accumulate) {
+/* Masks of the nv = ceil(cols / W) vectors of a column block (cols <= NV_MAX · W). */
+FA_INLINE int column_masks(int64_t cols, __mmask16 mask[NV_MAX]) {
+    int nv = (int)((cols + W - 1) / W);
+    int64_t rem = cols - (int64_t)(nv - 1) * W;
+    for (int v = 0; v < NV_MAX; ++v) mask[v] = (__mmask16)0xFFFF;
+    mask[nv - 1] = (__mmask16)(rem == W ? 0xFFFF : (1u << rem) - 1u);
+    return nv;
+}
+
+FA_INLINE void store_block(const int nv, int64_t mr, float *C, int64_t ldc,
+                           const __mmask16 mask[NV_MAX], __m512 acc[MR][NV_MAX]) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+        if (r >= mr) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * W, mask[v], acc[r][v]);
+    }
+}
+
+FA_INLINE void gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs,
+                          int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc,
+                          const __mmask16 mask[NV_MAX], bool accumulate) {
     __m512 acc[MR][NV_MAX];
     const float *a[MR];
-    __mmask16 mask[NV_MAX];
-    for (int v = 0; v < nv; ++v) mask[v] = v == nv - 1 ? tail : (__mmask16)0xFFFF;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
         a[r] = A + (r < mr ? r : mr - 1) * a_rs;
@@ -39,31 +60,72 @@ gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs, in
             for (int v = 0; v < nv; ++v) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-        if (r >= mr) break;
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * W, mask[v], acc[r][v]);
-    }
+    store_block(nv, mr, C, ldc, mask, acc);
 }
 
 static void gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
                         int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc,
                         bool accumulate) {
+    __mmask16 mask[NV_MAX];
     for (int64_t n0 = 0; n0 < N; n0 += NV_MAX * W) {
-        int64_t cols = N - n0 < NV_MAX * W ? N - n0 : NV_MAX * W;
-        int nv = (int)((cols + W - 1) / W);
-        int64_t rem = cols - (int64_t)(nv - 1) * W;
-        __mmask16 tail = (__mmask16)(rem == W ? 0xFFFF : (1u << rem) - 1u);
+        int nv = column_masks(N - n0 < NV_MAX * W ? N - n0 : NV_MAX * W, mask);
         for (int64_t m0 = 0; m0 < M; m0 += MR) {
             int64_t mr = M - m0 < MR ? M - m0 : MR;
-            const float *a = A + m0 * a_rs;
+            const float *a = A + m0 * a_rs, *b = B + n0;
             float *c = C + m0 * ldc + n0;
             switch (nv) { /* constant nv: each case unrolls into its own register block */
-            case 1: gemm_block(1, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate); break;
-            case 2: gemm_block(2, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate); break;
-            case 3: gemm_block(3, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate); break;
-            default: gemm_block(4, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate); break;
+            case 1: gemm_block(1, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
+            case 2: gemm_block(2, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
+            case 3: gemm_block(3, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
+            default: gemm_block(4, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
+            }
+        }
+    }
+}
+
+FA_INLINE void gemm_bf16_block(const int nv, int64_t mr, int64_t K2, const uint16_t *A,
+                               int64_t lda, const uint32_t *B, int64_t ldb, float *C,
+                               int64_t ldc, const __mmask16 mask[NV_MAX]) {
+    __m512 acc[MR][NV_MAX];
+    const uint16_t *a[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+        a[r] = A + (r < mr ? r : mr - 1) * lda;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) acc[r][v] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K2; ++k) {
+        __m512i b[NV_MAX];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; ++v) b[v] = _mm512_maskz_loadu_epi32(mask[v], B + k * ldb + v * W);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            uint32_t pair;
+            memcpy(&pair, a[r] + 2 * k, sizeof pair);
+            __m512i x = _mm512_set1_epi32((int)pair);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; ++v)
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)x, (__m512bh)b[v]);
+        }
+    }
+    store_block(nv, mr, C, ldc, mask, acc);
+}
+
+static void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
+                             const uint32_t *B, int64_t ldb, float *C, int64_t ldc) {
+    __mmask16 mask[NV_MAX];
+    for (int64_t n0 = 0; n0 < N; n0 += NV_MAX * W) {
+        int nv = column_masks(N - n0 < NV_MAX * W ? N - n0 : NV_MAX * W, mask);
+        for (int64_t m0 = 0; m0 < M; m0 += MR) {
+            int64_t mr = M - m0 < MR ? M - m0 : MR;
+            const uint16_t *a = A + m0 * lda;
+            const uint32_t *b = B + n0;
+            float *c = C + m0 * ldc + n0;
+            switch (nv) {
+            case 1: gemm_bf16_block(1, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
+            case 2: gemm_bf16_block(2, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
+            case 3: gemm_bf16_block(3, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
+            default: gemm_bf16_block(4, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
             }
         }
     }
@@ -71,4 +133,17 @@ static void gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t
 
 static float dot_avx512(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512, gemm_avx512, dot_avx512);
+/* vdpbf16ps adds the odd product of a pair, then the even one, each rounded once (the products
+ * of bf16 values are exact): one FMA each, in that order. */
+static float dot_pairs_avx512(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i + 1 < n; i += 2) {
+        acc = fmaf(a[i + 1], b[i + 1], acc);
+        acc = fmaf(a[i], b[i], acc);
+    }
+    return n % 2 ? fmaf(a[n - 1], b[n - 1], acc) : acc;
+}
+
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512, gemm_avx512, dot_avx512, NULL, NULL);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512_bf16, gemm_avx512, dot_avx512, gemm_bf16_avx512,
+                    dot_pairs_avx512);
