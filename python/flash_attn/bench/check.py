@@ -21,6 +21,7 @@ ATOL = {"float32": 1e-5, "float16": 1e-4, "bfloat16": 1e-3}  # floor under the p
 @dataclass
 class Inputs:
     """One set of tensors of a case, flash-attn layout (b, s, h, d)."""
+
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
@@ -44,8 +45,10 @@ def make_inputs(case, device: str, seed: int) -> Inputs:
 
 def _slice(x: Inputs, group: int) -> Inputs:
     """Batch 0, the query heads of kv head 0, kv head 0; detached."""
+
     def cut(t, heads):
         return t[:1, :, :heads].detach()
+
     dout = cut(x.dout, group) if x.dout is not None else None
     return Inputs(cut(x.q, group), cut(x.k, 1), cut(x.v, 1), dout)
 
@@ -87,8 +90,12 @@ class Reference:
         self.slice = _slice(x, self.group)
         dev = x.q.device
         ref_dev = dev if dev.type == "cuda" else torch.device("cpu")
-        xs = Inputs(*(t.to(ref_dev) if t is not None else None for t in
-                      (self.slice.q, self.slice.k, self.slice.v, self.slice.dout)))
+        xs = Inputs(
+            *(
+                t.to(ref_dev) if t is not None else None
+                for t in (self.slice.q, self.slice.k, self.slice.v, self.slice.dout)
+            )
+        )
         self.exact = _run_plain(xs, case.causal, torch.float64)
         self.plain = _run_plain(xs, case.causal, getattr(torch, case.dtype))
 
@@ -98,14 +105,13 @@ class Reference:
         heads = (self.group, self.group, 1, 1)
         report = {"ok": True, "errors": {}}
         for i, (name, got) in enumerate(zip(names, results)):
-            got = got[:1, :, :heads[i]].detach().to(self.exact[i].device)
+            got = got[:1, :, : heads[i]].detach().to(self.exact[i].device)
             factor = FWD_FACTOR if i == 0 else GRAD_FACTOR
             err = _max_err(got, self.exact[i])
             plain = _max_err(self.plain[i], self.exact[i])
             tol = factor * plain + ATOL[self.case.dtype]
             finite = bool(torch.isfinite(got).all())
             ok = finite and err <= tol
-            report["errors"][name] = {"max_abs": err, "plain_max_abs": plain, "tol": tol,
-                                      "finite": finite, "ok": ok}
+            report["errors"][name] = {"max_abs": err, "plain_max_abs": plain, "tol": tol, "finite": finite, "ok": ok}
             report["ok"] = report["ok"] and ok
         return report

@@ -17,12 +17,10 @@ def _configs(rows: list) -> "OrderedDict":
     out = OrderedDict()
     for r in rows:
         if r["op"] == "decode":
-            title = (f"decode {r['dtype']} d{r['head_dim']} b{r['batch']} "
-                     f"h{r['nheads']}/{r['nheads_k']}")
+            title = f"decode {r['dtype']} d{r['head_dim']} b{r['batch']} h{r['nheads']}/{r['nheads_k']}"
             x = r["seqlen_k"]
         else:
-            title = (f"{r['op']} {r['dtype']} d{r['head_dim']}"
-                     + (" causal" if r["causal"] else ""))
+            title = f"{r['op']} {r['dtype']} d{r['head_dim']}" + (" causal" if r["causal"] else "")
             x = r["seqlen_q"]
         out.setdefault(title, OrderedDict()).setdefault(x, {})[r["provider"]] = r
     return out
@@ -32,6 +30,7 @@ def plot(doc: dict, path: str):
     """Writes the PNG; returns None, or a note saying why no plot was written."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -57,12 +56,12 @@ def plot(doc: dict, path: str):
             ys = [y if y is None or decode else y * scale for y in ys]
             if any(y is not None for y in ys):
                 style = dict(lw=2.5, color="black") if name == OURS else dict(lw=1.2)
-                (line,) = top.plot(xs, [math.nan if y is None else y for y in ys], marker="o",
-                                   ms=3, label=name, **style)
+                (line,) = top.plot(
+                    xs, [math.nan if y is None else y for y in ys], marker="o", ms=3, label=name, **style
+                )
                 handles.setdefault(name, line)
         ratios = [ratio_to_best_peer(points[x]) for x in xs]
-        bottom.plot(xs, [math.nan if y is None else y for y in ratios], marker="o", ms=3,
-                    color="black")
+        bottom.plot(xs, [math.nan if y is None else y for y in ratios], marker="o", ms=3, color="black")
         bottom.axhline(1.0, color="gray", lw=0.8, ls="--")
         top.set_ylim(bottom=0)  # honest bars: differences are not magnified
         bottom.set_ylim(bottom=0)
@@ -81,8 +80,14 @@ def plot(doc: dict, path: str):
     name = dev.get("name") or dev.get("model")
     threads = f", {doc['provenance']['cpu_threads']} threads" if doc["device"] == "cpu" else ""
     fig.suptitle(f"suite {doc['suite']} on {doc['device']} ({name}{threads})", fontsize=11)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-               ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncol=min(len(handles), 5),
+        fontsize=8,
+        frameon=False,
+    )
     fig.savefig(path, dpi=72)
     plt.close(fig)
     return None

@@ -49,6 +49,7 @@ class Provider:
 
 class FlashAttnPlus(Provider):
     """This repository's package: flash_attn_func / flash_attn_with_kvcache over libflashattn."""
+
     name = OURS
 
     def _load(self, device):
@@ -82,6 +83,7 @@ class Sdpa(Provider):
 
     def _load(self, device):
         from torch.nn.attention import SDPBackend, sdpa_kernel
+
         if self.backend:
             self.ctx = lambda: sdpa_kernel(getattr(SDPBackend, self.backend))
         else:
@@ -103,13 +105,14 @@ class Sdpa(Provider):
         gqa = q.shape[2] != k.shape[2]
         with self.ctx():
             out = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-                enable_gqa=gqa)
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, enable_gqa=gqa
+            )
         return out.transpose(1, 2)
 
 
 class Flex(Provider):
     """torch's flex_attention under torch.compile (Triton); one compile per shape."""
+
     name = "flex_attention"
     devices = ("cuda",)
 
@@ -119,6 +122,7 @@ class Flex(Provider):
         except ImportError as e:
             return f"ImportError: {e}"
         import torch._dynamo
+
         cfg = torch._dynamo.config
         for knob in ("recompile_limit", "cache_size_limit"):
             if hasattr(cfg, knob):
@@ -134,15 +138,22 @@ class Flex(Provider):
     def _mask(self, sq, sk, device):
         key = (sq, sk, str(device))
         if key not in self.masks:
+
             def causal(b, h, qi, ki):
                 return qi + (sk - sq) >= ki
+
             self.masks[key] = self.fx.create_block_mask(causal, None, None, sq, sk, device=device)
         return self.masks[key]
 
     def fwd(self, q, k, v, causal):
         mask = self._mask(q.shape[1], k.shape[1], q.device) if causal else None
-        out = self.compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                            block_mask=mask, enable_gqa=q.shape[2] != k.shape[2])
+        out = self.compiled(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            block_mask=mask,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
         return out.transpose(1, 2)
 
 
@@ -152,6 +163,7 @@ class Upstream(Provider):
     Both packages are named flash_attn, so upstream's interface module and its compiled
     flash_attn_2_cuda extension are loaded from its install folder under private names.
     """
+
     name = "flash-attn-upstream"
     devices = ("cuda",)
 
@@ -162,8 +174,9 @@ class Upstream(Provider):
                 continue
             files = [str(f) for f in dist.files or ()]
             iface = [f for f in files if f.endswith("flash_attn/flash_attn_interface.py")]
-            ext = [f for f in files if os.path.basename(f).startswith("flash_attn_2_cuda")
-                   and f.endswith((".so", ".pyd"))]
+            ext = [
+                f for f in files if os.path.basename(f).startswith("flash_attn_2_cuda") and f.endswith((".so", ".pyd"))
+            ]
             if not iface or not ext:
                 continue
             path = str(dist.locate_file(iface[0]))
@@ -204,6 +217,7 @@ class Upstream(Provider):
 
 class FlagGems(Provider):
     """FlagGems' Triton flash_attention_forward (the seed project's backend); forward only."""
+
     name = "flaggems"
     devices = ("cuda",)
     ops = ("fwd", "decode")
@@ -233,18 +247,39 @@ class FlagGems(Provider):
     def fwd(self, q, k, v, causal):
         d = q.shape[-1]
         return self.fwd_fn(
-            query=q, key=k, value=v, cumulative_sequence_length_q=None,
-            cumulative_sequence_length_k=None, max_q=q.shape[1], max_k=k.shape[1],
-            dropout_p=0.0, is_causal=causal, return_debug_mask=False, scale=d ** -0.5,
-            softcap=0.0, window_size_left=None, window_size_right=None, seqused_k=None,
-            alibi_slopes=None, disable_splitkv=False)[0]
+            query=q,
+            key=k,
+            value=v,
+            cumulative_sequence_length_q=None,
+            cumulative_sequence_length_k=None,
+            max_q=q.shape[1],
+            max_k=k.shape[1],
+            dropout_p=0.0,
+            is_causal=causal,
+            return_debug_mask=False,
+            scale=d**-0.5,
+            softcap=0.0,
+            window_size_left=None,
+            window_size_right=None,
+            seqused_k=None,
+            alibi_slopes=None,
+            disable_splitkv=False,
+        )[0]
 
 
 def all_providers() -> list:
     """Ours first; then the peers in the order of the issue."""
-    return [FlashAttnPlus(),
-            Sdpa("FLASH_ATTENTION"), Sdpa("CUDNN_ATTENTION"), Sdpa("EFFICIENT_ATTENTION"),
-            Sdpa("MATH"), Flex(), Upstream(), FlagGems(), Sdpa(None, devices=("cpu",))]
+    return [
+        FlashAttnPlus(),
+        Sdpa("FLASH_ATTENTION"),
+        Sdpa("CUDNN_ATTENTION"),
+        Sdpa("EFFICIENT_ATTENTION"),
+        Sdpa("MATH"),
+        Flex(),
+        Upstream(),
+        FlagGems(),
+        Sdpa(None, devices=("cpu",)),
+    ]
 
 
 def select(names, device: str) -> tuple:

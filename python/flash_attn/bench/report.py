@@ -46,12 +46,16 @@ def _cpu() -> dict:
 def _gpu() -> dict:
     p = torch.cuda.get_device_properties(0)
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    return {"name": p.name, "capability": f"{p.major}.{p.minor}",
-            "multiprocessors": p.multi_processor_count, "memory_bytes": p.total_memory,
-            "l2_bytes": getattr(p, "L2_cache_size", None),
-            "driver": driver.splitlines()[0] if driver else None,
-            "cuda_runtime": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    return {
+        "name": p.name,
+        "capability": f"{p.major}.{p.minor}",
+        "multiprocessors": p.multi_processor_count,
+        "memory_bytes": p.total_memory,
+        "l2_bytes": getattr(p, "L2_cache_size", None),
+        "driver": driver.splitlines()[0] if driver else None,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
 
 
 def _versions(providers: list) -> dict:
@@ -66,6 +70,7 @@ def _versions(providers: list) -> dict:
         v[mod] = getattr(m, "__version__", None)
     try:
         import flash_attn
+
         v["flash_attn"] = getattr(flash_attn, "__version__", None)
         v["flash_attn_plus"] = getattr(flash_attn, "__plus_version__", None)
     except Exception as e:  # noqa: BLE001
@@ -84,13 +89,23 @@ def _loadavg():
 
 
 def provenance(device: str, providers: list, threads: int, argv: list) -> dict:
-    env = {k: os.environ[k] for k in ("FLASHATTN_LIBRARY", "FLASHATTN_NUM_THREADS",
-                                      "FLASH_ATTENTION_BACKEND", "CUDA_VISIBLE_DEVICES")
-           if k in os.environ}
-    return {"device": device, "gpu": _gpu() if device == "cuda" else None, "cpu": _cpu(),
-            "cpu_threads": threads, "load_average_at_start": _loadavg(), "host": platform.platform(), "versions": _versions(providers),
-            "git": _git(), "command": ["python", "-m", "flash_attn", "bench"] + list(argv),
-            "env": env}
+    env = {
+        k: os.environ[k]
+        for k in ("FLASHATTN_LIBRARY", "FLASHATTN_NUM_THREADS", "FLASH_ATTENTION_BACKEND", "CUDA_VISIBLE_DEVICES")
+        if k in os.environ
+    }
+    return {
+        "device": device,
+        "gpu": _gpu() if device == "cuda" else None,
+        "cpu": _cpu(),
+        "cpu_threads": threads,
+        "load_average_at_start": _loadavg(),
+        "host": platform.platform(),
+        "versions": _versions(providers),
+        "git": _git(),
+        "command": ["python", "-m", "flash_attn", "bench"] + list(argv),
+        "env": env,
+    }
 
 
 def write_json(doc: dict, path: str) -> None:
@@ -102,6 +117,7 @@ def write_json(doc: dict, path: str) -> None:
 
 # ---------------------------------------------------------------- table
 
+
 def metric(row: dict):
     """The number a row is judged by: TFLOPS, or GB/s of K+V for decode; None unless ok."""
     if row.get("status") != "ok":
@@ -109,8 +125,7 @@ def metric(row: dict):
     return row["kv_gbps"] if row["op"] == "decode" else row["tflops"]
 
 
-CASE_KEYS = ("op", "dtype", "head_dim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_k",
-             "causal")
+CASE_KEYS = ("op", "dtype", "head_dim", "seqlen_q", "seqlen_k", "batch", "nheads", "nheads_k", "causal")
 
 
 def by_case(rows: list) -> "OrderedDict":
@@ -133,9 +148,16 @@ def summary(doc: dict) -> list:
     for key, per in by_case(doc["results"]).items():
         peers = [(metric(r), n) for n, r in per.items() if n != OURS and metric(r)]
         best = max(peers) if peers else (None, None)
-        out.append({**dict(zip(CASE_KEYS, key)), "unit": "GB/s" if key[0] == "decode" else
-                    "TFLOPS", "ours": metric(per.get(OURS, {})), "best_peer": best[1],
-                    "best_peer_value": best[0], "ratio": ratio_to_best_peer(per)})
+        out.append(
+            {
+                **dict(zip(CASE_KEYS, key)),
+                "unit": "GB/s" if key[0] == "decode" else "TFLOPS",
+                "ours": metric(per.get(OURS, {})),
+                "best_peer": best[1],
+                "best_peer_value": best[0],
+                "ratio": ratio_to_best_peer(per),
+            }
+        )
     return out
 
 
@@ -157,8 +179,7 @@ def _case_label(case: dict) -> str:
     head = f"{case['op']} {case['dtype']} d{case['head_dim']} "
     if case["op"] == "decode":
         return head + f"b{case['batch']} h{case['nheads']}/{case['nheads_k']} sk{case['seqlen_k']}"
-    return head + f"b{case['batch']} h{case['nheads']} s{case['seqlen_q']}" + (
-        " causal" if case["causal"] else "")
+    return head + f"b{case['batch']} h{case['nheads']} s{case['seqlen_q']}" + (" causal" if case["causal"] else "")
 
 
 def table(doc: dict, markdown: bool = False) -> str:
@@ -171,9 +192,11 @@ def table(doc: dict, markdown: bool = False) -> str:
         case = dict(zip(CASE_KEYS, key))
         decode = case["op"] == "decode"
         ratio = ratio_to_best_peer(per)
-        lines.append([_case_label(case), "GB/s" if decode else unit]
-                     + [_cell(per.get(n), 1.0 if decode else scale) for n in names]
-                     + [f"{ratio:.2f}" if ratio else "-"])
+        lines.append(
+            [_case_label(case), "GB/s" if decode else unit]
+            + [_cell(per.get(n), 1.0 if decode else scale) for n in names]
+            + [f"{ratio:.2f}" if ratio else "-"]
+        )
     if markdown:
         out = ["| " + " | ".join(r) + " |" for r in [head, ["---"] * len(head)] + lines]
     else:
@@ -189,11 +212,14 @@ def _notes(doc: dict) -> list:
     for r in doc["results"]:
         if r.get("status") in ("wrong", "error"):
             errs = r.get("check", {}).get("errors", {})
-            detail = "; ".join(f"{k} err {e['max_abs']:.3g} > tol {e['tol']:.3g}"
-                               for k, e in errs.items() if not e["ok"])
-            notes.append(f"{r['status'].upper()}: {r['provider']} on {r['op']} {r['dtype']} "
-                         f"d{r['head_dim']} s{r['seqlen_q']}/{r['seqlen_k']}"
-                         f"{' causal' if r['causal'] else ''}: {detail or r.get('message', '')}")
+            detail = "; ".join(
+                f"{k} err {e['max_abs']:.3g} > tol {e['tol']:.3g}" for k, e in errs.items() if not e["ok"]
+            )
+            notes.append(
+                f"{r['status'].upper()}: {r['provider']} on {r['op']} {r['dtype']} "
+                f"d{r['head_dim']} s{r['seqlen_q']}/{r['seqlen_k']}"
+                f"{' causal' if r['causal'] else ''}: {detail or r.get('message', '')}"
+            )
     if doc.get("copy_bandwidth_gbps"):
         notes.append(f"memory copy bandwidth (read+write): {doc['copy_bandwidth_gbps']:.1f} GB/s")
     return notes

@@ -21,6 +21,7 @@ class Progress:
         self.total, self.done, self.desc = total, 0, desc
         try:
             from tqdm import tqdm
+
             self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True)
         except ImportError:
             self.bar = None
@@ -67,8 +68,9 @@ def run_point(provider, case, sets: list, ref, device: str, budget, copy_bw) -> 
     except Exception as e:  # noqa: BLE001 - a failing provider is reported, not fatal
         return {**row, "status": "error", "message": _first_line(e)}
     t = timing.median(times)
-    row.update(time_ms=t, times_ms=times, reps=len(times), rotated_sets=len(sets),
-               tflops=case.flops() / (t * 1e-3) / 1e12)
+    row.update(
+        time_ms=t, times_ms=times, reps=len(times), rotated_sets=len(sets), tflops=case.flops() / (t * 1e-3) / 1e12
+    )
     if case.op == "decode":
         row["kv_gbps"] = case.kv_bytes() / (t * 1e-3) / 1e9
         if copy_bw:
@@ -91,8 +93,14 @@ def run_cases(cases: list, providers: list, device: str, budget, progress, on_ca
         except Exception as e:  # noqa: BLE001 - e.g. out of memory for the reference
             for p in providers:
                 progress.step(f"{case.label}: {p.name}")
-                rows.append({"provider": p.name, **case.as_dict(), "status": "error",
-                             "message": f"inputs/reference: {_first_line(e)}"})
+                rows.append(
+                    {
+                        "provider": p.name,
+                        **case.as_dict(),
+                        "status": "error",
+                        "message": f"inputs/reference: {_first_line(e)}",
+                    }
+                )
             continue
         for p in providers:
             progress.step(f"{case.label}: {p.name}")
@@ -108,17 +116,16 @@ def run_cases(cases: list, providers: list, device: str, budget, progress, on_ca
 def method(device: str, budget, threads: int) -> dict:
     return {
         "statistic": "median of per-call times after a warm-up",
-        "timer": "CUDA events around each call" if device == "cuda" else
-                 "time.perf_counter around each call",
+        "timer": "CUDA events around each call" if device == "cuda" else "time.perf_counter around each call",
         "budget": budget.as_dict(),
-        "input_rotation": "when one input set is smaller than the last-level cache "
-                          f"({timing.cache_bytes(device)} bytes), up to 8 sets covering twice it "
-                          "are used in turn",
+        "input_rotation": f"when one input set is smaller than the last-level cache "
+        f"({timing.cache_bytes(device)} bytes), enough sets to cover twice it "
+        f"(at most 64) are used in turn",
         "flops": "fwd 4*b*h*sq*sk*d, halved when causal; fwd_bwd = 3.5x fwd",
         "decode_bytes": "K+V bytes read per call: 2*b*sk*h_k*d*sizeof(dtype)",
         "copy_bandwidth": "torch copy_ of a 256 MiB (GPU: >= 8x L2) buffer, read+write bytes",
         "check": "batch 0, heads of kv head 0, full seqlens: max|x - ref64| <= 2x (grads 3x) "
-                 "that of a plain same-dtype implementation + floor " + str(check.ATOL),
+        "that of a plain same-dtype implementation + floor " + str(check.ATOL),
         "cpu_threads": threads if device == "cpu" else None,
         "ours": OURS,
         "started_unix": time.time(),

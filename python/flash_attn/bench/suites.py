@@ -14,9 +14,17 @@ from dataclasses import asdict, dataclass
 SUITES = ("quick", "fwd", "bwd", "decode", "cpu", "all")
 OPS = ("fwd", "fwd_bwd", "decode")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float32": "float32",
-                 "fp16": "float16", "f16": "float16", "float16": "float16", "half": "float16",
-                 "bf16": "bfloat16", "bfloat16": "bfloat16"}
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "f32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "f16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
 BWD_FLOPS_FACTOR = 2.5  # backward = 2.5x forward (flash-attn's convention)
 
 
@@ -36,8 +44,10 @@ class Case:
     def label(self) -> str:
         mask = " causal" if self.causal else ""
         if self.op == "decode":
-            return (f"decode {self.dtype} d{self.head_dim} b{self.batch} "
-                    f"h{self.nheads}/{self.nheads_k} cache{self.seqlen_k}")
+            return (
+                f"decode {self.dtype} d{self.head_dim} b{self.batch} "
+                f"h{self.nheads}/{self.nheads_k} cache{self.seqlen_k}"
+            )
         return f"{self.op} {self.dtype} d{self.head_dim} s{self.seqlen_q}{mask}"
 
     def flops(self) -> float:
@@ -65,6 +75,7 @@ class Case:
 @dataclass
 class Grid:
     """What a suite sweeps; every field can be overridden from the command line."""
+
     ops: tuple
     dtypes: tuple
     head_dims: tuple
@@ -81,17 +92,54 @@ def default_grid(suite: str, device: str) -> Grid:
     gpu = device == "cuda"
     if suite == "quick":
         if gpu:
-            return Grid(("fwd", "fwd_bwd", "decode"), ("bfloat16",), (128,), (1024, 4096),
-                        (False, True), 16384, 2048, (8192, 32768), 4, (32, 8))
-        return Grid(("fwd", "fwd_bwd", "decode"), ("float32",), (64,), (128, 256),
-                    (False, True), 512, 256, (4096, 16384), 1, (8, 2))
-    ops = {"fwd": ("fwd",), "bwd": ("fwd_bwd",), "decode": ("decode",),
-           "cpu": ("fwd", "fwd_bwd", "decode")}[suite]
+            return Grid(
+                ("fwd", "fwd_bwd", "decode"),
+                ("bfloat16",),
+                (128,),
+                (1024, 4096),
+                (False, True),
+                16384,
+                2048,
+                (8192, 32768),
+                4,
+                (32, 8),
+            )
+        return Grid(
+            ("fwd", "fwd_bwd", "decode"),
+            ("float32",),
+            (64,),
+            (128, 256),
+            (False, True),
+            512,
+            256,
+            (4096, 16384),
+            1,
+            (8, 2),
+        )
+    ops = {"fwd": ("fwd",), "bwd": ("fwd_bwd",), "decode": ("decode",), "cpu": ("fwd", "fwd_bwd", "decode")}[suite]
     if gpu and suite != "cpu":
-        return Grid(ops, ("bfloat16",), (64, 128), (512, 1024, 2048, 4096, 8192, 16384),
-                    (False, True), 16384, 2048, (2048, 4096, 8192, 16384, 32768, 65536), 8)
-    return Grid(ops, ("float32", "bfloat16"), (64, 128), (512, 1024, 2048, 4096), (False, True),
-                4096, 256, (1024, 4096, 16384), 1)
+        return Grid(
+            ops,
+            ("bfloat16",),
+            (64, 128),
+            (512, 1024, 2048, 4096, 8192, 16384),
+            (False, True),
+            16384,
+            2048,
+            (2048, 4096, 8192, 16384, 32768, 65536),
+            8,
+        )
+    return Grid(
+        ops,
+        ("float32", "bfloat16"),
+        (64, 128),
+        (512, 1024, 2048, 4096),
+        (False, True),
+        4096,
+        256,
+        (1024, 4096, 16384),
+        1,
+    )
 
 
 def expand(grid: Grid) -> list:
@@ -100,8 +148,7 @@ def expand(grid: Grid) -> list:
     for op, dtype, d in itertools.product(grid.ops, grid.dtypes, grid.head_dims):
         if op == "decode":
             h, hk = grid.decode_heads
-            cases += [Case(op, dtype, d, 1, s, grid.decode_batch, h, hk, False)
-                      for s in grid.cache_lens]
+            cases += [Case(op, dtype, d, 1, s, grid.decode_batch, h, hk, False) for s in grid.cache_lens]
             continue
         for causal, s in itertools.product(grid.causal, grid.seqlens):
             batch = max(1, grid.tokens // s)

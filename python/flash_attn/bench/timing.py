@@ -43,7 +43,7 @@ def cache_bytes(device: str) -> int:
     return best or 32 << 20
 
 
-def rotation_sets(io_bytes: int, cache: int, cap: int = 8) -> int:
+def rotation_sets(io_bytes: int, cache: int, cap: int = 64) -> int:
     """How many input sets to rotate through: enough to cover twice the cache, when they fit."""
     if io_bytes >= cache:
         return 1
@@ -104,4 +104,3 @@ def copy_bandwidth(device: str, nbytes: int = 256 << 20) -> float:
     dst = torch.empty_like(src)
     times = measure([lambda: dst.copy_(src)], device, Budget(0.05, 0.3, 5, 50))
     return 2 * nbytes / (median(times) * 1e-3)
-
