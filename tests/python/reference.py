@@ -95,7 +95,7 @@ def attention_ref(
 
 def assert_rule(name, ours, ref, base, factor, atol=1e-5):
     """max|ours - ref| <= factor * max|base - ref| + atol, with +inf allowed where ref is +inf."""
-    ours64, ref64, base64 = (t.detach().to(torch.float64) for t in (ours, ref, base))
+    ours64, ref64, base64 = (t.detach().to("cpu", torch.float64) for t in (ours, ref, base))
     assert ours64.shape == ref64.shape, f"{name}: shape {tuple(ours64.shape)} != {tuple(ref64.shape)}"
     assert not torch.isnan(ours64).any(), f"{name}: NaN at {torch.nonzero(torch.isnan(ours64))[:5].tolist()}"
     inf = torch.isinf(ref64)

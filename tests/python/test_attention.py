@@ -70,8 +70,8 @@ def _ref_grads(q, k, v, g, upcast, **kw):
     return out, lse, grads
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_forward_backward(case):
+def check_case(case, device="cpu"):
+    """Runs one CASES entry with inputs on device; the reference runs on the CPU."""
     api, dtype, d, (s_q, s_k), (h, h_k), causal, window, softcap, alibi = case
     batch = 2 if s_q * s_k < 200_000 else 1
     q = torch.randn(batch, s_q, h, d, dtype=dtype)
@@ -80,18 +80,29 @@ def test_forward_backward(case):
     slopes = torch.rand(batch, h, dtype=torch.float32) * 0.3 if alibi else None
     kw = dict(causal=causal, window=window, softcap=softcap, alibi=slopes)
     out, lse, leaves, unpack = _call(
-        api, q, k, v, causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes
+        api,
+        *(t.to(device) for t in (q, k, v)),
+        causal=causal,
+        window_size=window,
+        softcap=softcap,
+        alibi_slopes=None if slopes is None else slopes.to(device),
     )
-    g = torch.randn_like(out)
+    g = torch.randn_like(out, device="cpu")
     ref_out, ref_lse, ref_grads = _ref_grads(q, k, v, g, True, **kw)
     base_out, base_lse, base_grads = _ref_grads(q, k, v, g, False, **kw)
     assert out.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (batch, h, s_q)
+    assert out.device == lse.device == q.to(device).device
     assert_rule("out", out, ref_out, base_out, FWD_FACTOR)
     assert_rule("lse", lse, ref_lse, base_lse, FWD_FACTOR)
-    grads = unpack(torch.autograd.grad(out, leaves, g))
+    grads = unpack(torch.autograd.grad(out, leaves, g.to(device)))
     for name, ours, ref, base in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads):
         assert ours.dtype == dtype
         assert_rule(name, ours, ref, base, BWD_FACTOR)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_backward(case):
+    check_case(case)
 
 
 def test_softmax_scale_and_fully_masked_rows():

@@ -116,8 +116,8 @@ def _id(c):
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
-def test_kvcache(case):
+def check_kvcache_case(case, device="cpu"):
+    """Runs one CASES entry with inputs on device; the reference runs on the CPU."""
     (
         dtype,
         d,
@@ -187,26 +187,29 @@ def test_kvcache(case):
             alibi_i=slopes,
             **kw,
         )
+    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+    k_cache, v_cache = dev(k_cache), dev(v_cache)
     out, lse = flash_attn_with_kvcache(
-        q,
+        dev(q),
         k_cache,
         v_cache,
-        k=k_new,
-        v=v_new,
-        rotary_cos=cos,
-        rotary_sin=sin,
-        cache_seqlens=cache_seqlens,
-        cache_batch_idx=batch_idx,
-        cache_leftpad=leftpad,
-        block_table=block_table,
+        k=dev(k_new),
+        v=dev(v_new),
+        rotary_cos=dev(cos),
+        rotary_sin=dev(sin),
+        cache_seqlens=dev(cache_seqlens),
+        cache_batch_idx=dev(batch_idx),
+        cache_leftpad=dev(leftpad),
+        block_table=dev(block_table),
         causal=causal,
         window_size=window,
         softcap=softcap,
         rotary_interleaved=rotary[1] if rotary else True,
-        alibi_slopes=slopes,
+        alibi_slopes=dev(slopes),
         num_splits=num_splits,
         return_softmax_lse=True,
     )
+    k_cache, v_cache = k_cache.cpu(), v_cache.cpu()
     assert out.shape == (b, s_q, h, d) and lse.shape == (b, h, s_q)
     assert_rule("out", out, results[True][0], results[False][0], KV_FACTOR)
     assert_rule("lse", lse, results[True][1], results[False][1], KV_FACTOR)
@@ -217,6 +220,11 @@ def test_kvcache(case):
         k_after, v_after = k_cache, v_cache
     torch.testing.assert_close(k_after, results[True][2], atol=1e-3 if dtype == F32 else 2e-2, rtol=1e-3)
     assert torch.equal(v_after, results[True][3])
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_kvcache(case):
+    check_kvcache_case(case)
 
 
 def test_cache_seqlens_int_and_none():

@@ -64,10 +64,8 @@ def _run(api, leaves, cu_q, cu_k, max_q, max_k, **kw):
     return flash_attn_varlen_qkvpacked_func(leaves[0], cu_q, max_q, return_attn_probs=True, **kw)
 
 
-@pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: f"{c[0]}-{str(c[1])[6:]}-d{c[2]}-h{c[3][0]}/{c[3][1]}-{len(c[4])}seqs"
-)
-def test_varlen_forward_backward(case):
+def check_varlen_case(case, device="cpu"):
+    """Runs one CASES entry with inputs on device; the reference runs on the CPU."""
     api, dtype, d, (h, h_k), lens_q, lens_k, causal, window, softcap, alibi = case
     lens_k = lens_q if lens_k is None else lens_k
     cu_q, cu_k = cu_seqlens(lens_q), cu_seqlens(lens_k)
@@ -76,12 +74,21 @@ def test_varlen_forward_backward(case):
     k = torch.randn(sum(lens_k), h_k, d, dtype=dtype)
     v = torch.randn(sum(lens_k), h_k, d, dtype=dtype)
     slopes = torch.rand(len(lens_q), h) * 0.3 if alibi else None
-    leaves, unpack = _leaves(api, q, k, v)
+    leaves, unpack = _leaves(api, *(t.to(device) for t in (q, k, v)))
     out, lse, _ = _run(
-        api, leaves, cu_q, cu_k, max_q, max_k, causal=causal, window_size=window, softcap=softcap, alibi_slopes=slopes
+        api,
+        leaves,
+        cu_q.to(device),
+        cu_k.to(device),
+        max_q,
+        max_k,
+        causal=causal,
+        window_size=window,
+        softcap=softcap,
+        alibi_slopes=None if slopes is None else slopes.to(device),
     )
-    assert lse.shape == (h, sum(lens_q))
-    g = torch.randn_like(out)
+    assert lse.shape == (h, sum(lens_q)) and out.device == q.to(device).device
+    g = torch.randn_like(out, device="cpu")
     kw = dict(causal=causal, window=window, softcap=softcap, alibi=slopes)
     results = {}
     for upcast in (True, False):
@@ -90,9 +97,18 @@ def test_varlen_forward_backward(case):
         results[upcast] = (ref_out, ref_lse, torch.autograd.grad(ref_out, ref_leaves, g.to(ref_out.dtype)))
     assert_rule("out", out, results[True][0], results[False][0], FWD_FACTOR)
     assert_rule("lse", lse, results[True][1], results[False][1], FWD_FACTOR)
-    grads = unpack(torch.autograd.grad(out, leaves, g))
+    grads = unpack(torch.autograd.grad(out, leaves, g.to(device)))
     for name, ours, ref, base in zip(("dq", "dk", "dv"), grads, results[True][2], results[False][2]):
         assert_rule(name, ours, ref, base, BWD_FACTOR)
+
+
+def _varlen_id(c):
+    return f"{c[0]}-{str(c[1])[6:]}-d{c[2]}-h{c[3][0]}/{c[3][1]}-{len(c[4])}seqs"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_varlen_id)
+def test_varlen_forward_backward(case):
+    check_varlen_case(case)
 
 
 def test_varlen_raw_backward_writes_every_row():
