@@ -18,6 +18,12 @@
  *   dP = dO Vᵀ; with dropout Z = keep / (1 − p) from the forward's Philox stream
  *   dV += (P∘Z)ᵀ dO;  dS = P ∘ (dP∘Z − Δ) [∘ (1 − tanh²) with softcap]
  *   dK += dSᵀ Q;      dQ += dS K          (scale applied once, when dK and dQ are stored)
+ * bf16 inputs on AVX512_BF16 compute S and dP from the exact bf16 values on vdpbf16ps.
+ *
+ * Workspace (fa_cpu_bwd_workspace; nothing is allocated per call): the dQ partials
+ * (chunks · rows_q · h · d f32), f32 copies of q, dout (rows_q · h · (d + d_v)) and k, v
+ * (rows_k · h_k · (d + d_v)), bf16 copies of q, dout for the pair kernels, and per thread
+ * about 4·64·(d + d_v) + 3·64² floats of tiles.
  */
 #include <math.h>
 #include <string.h>
