@@ -78,7 +78,7 @@ def varlen_fwd(
 ):
     """-> [out, softmax_lse, p, rng_state]; q (total_q, h, d), lse (h, total_q)."""
     _engine.expect_ndim("q", q, 3, "(total_q, nheads, headdim)")
-    _engine.check_tensors(q.device, cu_seqlens_q=cu_seqlens_q)
+    _engine.expect_ndim("cu_seqlens_q", cu_seqlens_q, 1, "(batch + 1,) int32")
     rng_state = _gen_rng_state(gen, p_dropout, q.device, cu_seqlens_q.numel() - 1, q.shape[1])
     if zero_tensors and out is None:
         out = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
