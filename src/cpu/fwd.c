@@ -10,7 +10,8 @@ static int64_t total_q_rows(const fa_problem *p, const fa_fwd_args *a) {
 
 fa_status fa_cpu_fwd_workspace(fa_context *ctx, const fa_problem *p, const fa_fwd_args *a,
                                size_t *bytes) {
-    *bytes = fa_engine_workspace(p, fa_pool_size(fa_cpu_state_of(ctx)->pool), total_q_rows(p, a));
+    fa_cpu_state *state = fa_cpu_state_of(ctx);
+    *bytes = fa_engine_workspace(p, state->isa, fa_pool_size(state->pool), total_q_rows(p, a));
     return FA_OK;
 }
 

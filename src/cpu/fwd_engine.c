@@ -34,9 +34,10 @@ typedef struct fa_layout {
     size_t seqs_off, items_off, partial_off, scratch_off, scratch_bytes, total;
 } fa_layout;
 
-/* Per-thread scratch regions (floats); qop, acc, m and l hold FA_SUB tiles. */
+/* Per-thread scratch regions (floats): f32 Q rows of one tile, the kernel operands (Q of
+ * FA_SUB tiles, K and V panels), the score tile, FA_SUB tiles of acc/m/l, and one spare row. */
 typedef struct fa_scratch {
-    float *qf, *qop, *kf, *kp, *vf, *vp, *s, *acc, *m, *l;
+    float *qf, *qop, *kp, *vp, *s, *acc, *m, *l, *row;
 } fa_scratch;
 
 /* One tile of an item: its rows (as an item of its own) and its online-softmax state. */
@@ -52,10 +53,10 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
     const int64_t rows = FA_SUB * FA_MAX_M;
-    const int64_t sizes[] = {FA_MAX_M * L->d_pad,   rows * L->d_pad,        FA_BLOCK_N * L->d_pad,
-                             FA_BLOCK_N * L->d_pad, FA_BLOCK_N * L->dv_pad, FA_BLOCK_N * L->dv_pad,
-                             FA_MAX_M * FA_BLOCK_N, rows * L->dv_pad,       rows,
-                             rows};
+    const int64_t sizes[] = {FA_MAX_M * L->d_pad,    rows * L->d_pad, FA_BLOCK_N * L->d_pad,
+                             FA_BLOCK_N * L->dv_pad, FA_MAX_M * FA_BLOCK_N,
+                             rows * L->dv_pad,       rows,            rows,
+                             L->d_pad + L->dv_pad};
     size_t off = 0;
     for (size_t r = 0; r < sizeof sizes / sizeof sizes[0]; ++r) {
         if (regions) regions[r] = (float *)(base + off);
@@ -78,9 +79,10 @@ static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items
     return n < 1 ? 1 : n;
 }
 
-static fa_layout make_layout(const fa_problem *p, int threads, int64_t total_q) {
+static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, int threads,
+                             int64_t total_q) {
     fa_layout L;
-    L.d_pad = (p->d + 1) & ~(int64_t)1;
+    L.d_pad = ceil_div(p->d, kern->d_align) * kern->d_align;
     L.dv_pad = (p->d_v + 15) & ~(int64_t)15;
     int64_t group = p->nheads / p->nheads_k;
     L.ng_max = group < FA_MAX_M ? group : FA_MAX_M;
@@ -101,8 +103,10 @@ static fa_layout make_layout(const fa_problem *p, int threads, int64_t total_q) 
     return L;
 }
 
-size_t fa_engine_workspace(const fa_problem *p, int num_threads, int64_t total_q) {
-    return make_layout(p, num_threads, total_q).total;
+static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype);
+
+size_t fa_engine_workspace(const fa_problem *p, fa_cpu_isa isa, int num_threads, int64_t total_q) {
+    return make_layout(p, pick_kernels(isa, p->dtype), num_threads, total_q).total;
 }
 
 static char *aligned_base(void *ws) { return (char *)align64((size_t)(uintptr_t)ws); }
@@ -178,9 +182,9 @@ typedef struct fa_run {
 } fa_run;
 
 static fa_scratch scratch_of(const fa_run *run, int thread) {
-    float *r[10];
+    float *r[9];
     scratch_floats(run->L, r, run->scratch + (size_t)thread * run->L->scratch_bytes);
-    return (fa_scratch){r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
+    return (fa_scratch){r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]};
 }
 
 static int64_t head_of(const fa_run *run, const fa_item *it, int64_t r) {
@@ -319,10 +323,7 @@ static void online_softmax(const fa_run *run, float *s, const fa_tile *t, float 
         float sum = run->kern->exp_sum(row, FA_BLOCK_N, c, m_new);
         t->l[r] = t->l[r] * alpha + sum;
         t->m[r] = m_new;
-        if (alpha != 1.0f) {
-            float *acc = t->acc + r * dv_pad;
-            for (int64_t col = 0; col < dv_pad; ++col) acc[col] *= alpha;
-        }
+        if (alpha != 1.0f) run->kern->scale_row(t->acc + r * dv_pad, (int)dv_pad, alpha);
     }
 }
 
@@ -457,7 +458,9 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
 
 static void attend_task(void *arg, int64_t task, int thread) {
     const fa_run *run = arg;
+    if (run->kern->prepare) run->kern->prepare();
     attend(run, task / run->L->splits, task % run->L->splits, thread);
+    if (run->kern->release) run->kern->release();
 }
 
 /* Merge row r of tile k over the splits by their LSE. */
@@ -494,7 +497,7 @@ static void combine_task(void *arg, int64_t item, int thread) {
     int n_tiles = make_tiles(run, &run->items[item], &w, tiles);
     for (int k = 0; k < n_tiles; ++k)
         for (int64_t r = 0; r < (int64_t)tiles[k].rows.ng * tiles[k].rows.nq; ++r)
-            combine_row(run, item, &tiles[k], k, r, w.vf);
+            combine_row(run, item, &tiles[k], k, r, w.row);
 }
 
 /* ---------------------------------------------------------------- attn_probs (testing) */
@@ -541,7 +544,7 @@ static void probs_task(void *arg, int64_t bh, int thread) {
         for (int64_t j = 0; j < pl->probs_cols; ++j) {
             float v = 0.0f;
             if (i < sq->s_q && j < sq->s_k) {
-                v = prob_of(run, sq, b, h, i, j, w.qf, w.kf);
+                v = prob_of(run, sq, b, h, i, j, w.qf, w.row);
                 if (p->dropout_p > 0.0f && dropped(p, b, h, i, j)) v = -v;
             }
             const int64_t *st = pl->probs_stride;
@@ -551,10 +554,12 @@ static void probs_task(void *arg, int64_t bh, int thread) {
 }
 
 /* ---------------------------------------------------------------- entry */
-/* AVX512_BF16 runs bf16 inputs on vdpbf16ps; f16 and f32 (and bf16 elsewhere) on f32 FMAs. */
+/* bf16 inputs run on AMX tiles where granted, else on vdpbf16ps with AVX512_BF16; f16 and f32
+ * (and bf16 elsewhere) on f32 FMAs. */
 static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype) {
 #if defined(FA_HAVE_X86)
-    if (isa == FA_ISA_AVX512_BF16 && dtype == FA_DTYPE_BF16) return &fa_fwd_kernels_avx512_bf16;
+    if (isa == FA_ISA_AVX512_BF16 && dtype == FA_DTYPE_BF16)
+        return fa_cpu_amx_usable() ? &fa_fwd_kernels_amx_bf16 : &fa_fwd_kernels_avx512_bf16;
     if (isa == FA_ISA_AVX512 || isa == FA_ISA_AVX512_BF16) return &fa_fwd_kernels_avx512;
     if (isa == FA_ISA_AVX2) return &fa_fwd_kernels_avx2;
 #endif
@@ -565,11 +570,12 @@ static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype) {
 
 fa_status fa_engine_run(fa_pool *pool, const fa_attn_plan *pl, int64_t total_q, void *ws,
                         size_t ws_bytes) {
-    fa_layout L = make_layout(pl->p, pl->num_threads, total_q);
+    const fa_fwd_kernels *kern = pick_kernels(pl->isa, pl->p->dtype);
+    fa_layout L = make_layout(pl->p, kern, pl->num_threads, total_q);
     FA_RETURN_IF(ws_bytes < L.total, FA_ERR_WORKSPACE_TOO_SMALL,
                  "cpu forward: workspace_bytes must be >= %zu (got %zu)", L.total, ws_bytes);
     char *base = aligned_base(ws);
-    fa_run run = {pl, &L, pick_kernels(pl->isa, pl->p->dtype), (fa_item *)(base + L.items_off),
+    fa_run run = {pl, &L, kern, (fa_item *)(base + L.items_off),
                   (float *)(base + L.partial_off), base + L.scratch_off, fa_dtype_size(pl->p->dtype)};
     int64_t n_items = build_items(pl, &L, (fa_item *)(base + L.items_off));
     FA_RETURN_IF(n_items < 0, FA_ERR_INTERNAL, "cpu forward: more work items than the %lld planned",

@@ -58,8 +58,9 @@ typedef struct fa_attn_plan {
     int64_t probs_rows, probs_cols;
 } fa_attn_plan;
 
-/* Workspace bytes for a problem run on num_threads threads; total_q = rows of q (varlen). */
-size_t fa_engine_workspace(const fa_problem *p, int num_threads, int64_t total_q);
+/* Workspace bytes for a problem run with this ISA on num_threads threads; total_q = rows of q
+ * (varlen). */
+size_t fa_engine_workspace(const fa_problem *p, fa_cpu_isa isa, int num_threads, int64_t total_q);
 /* Where the caller writes the p->batch sequence descriptors inside that workspace. */
 fa_seq *fa_engine_seqs(void *ws);
 /* Runs the attention of the plan; ws holds fa_engine_workspace(...) bytes, seqs filled in. */
@@ -85,6 +86,9 @@ void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_
 typedef void (*fa_load_row_fn)(int32_t dtype, const void *src, float *dst, int64_t n);
 typedef struct fa_fwd_kernels {
     const char *name;
+    int d_align;            /* d_pad = d rounded up to this */
+    void (*prepare)(void);  /* optional: once per task before the kernels run (tile config) */
+    void (*release)(void);  /* optional: once per task after them */
     fa_load_row_fn load_row;                                                  /* to f32 */
     void (*store_row)(int32_t dtype, const float *src, void *dst, int64_t n); /* from f32 */
     void (*prep_q)(const float *q, int m, int d, int d_pad, void *dst);
@@ -94,6 +98,7 @@ typedef struct fa_fwd_kernels {
     void (*pv)(const float *p, const void *vp, int m, int dv_pad, float *acc);
     float (*row_max)(const float *s, int n);
     float (*exp_sum)(float *s, int n, float c, float shift);
+    void (*scale_row)(float *x, int n, float a); /* x *= a */
 } fa_fwd_kernels;
 
 /* The f32 operand layouts shared by the f32 kernel sets (fwd_kernels_scalar.c):
@@ -110,6 +115,23 @@ extern const fa_fwd_kernels fa_fwd_kernels_scalar;
 extern const fa_fwd_kernels fa_fwd_kernels_avx2;
 extern const fa_fwd_kernels fa_fwd_kernels_avx512;
 extern const fa_fwd_kernels fa_fwd_kernels_avx512_bf16;
+extern const fa_fwd_kernels fa_fwd_kernels_amx_bf16;
+/* AMX-BF16 present, granted by the OS (arch_prctl) and not narrowed away by FLASHATTN_CPU_ISA
+ * (set to anything but "amx"); decided once per process. */
+bool fa_cpu_amx_usable(void);
+/* AVX-512 pieces shared by the avx512, avx512_bf16 and amx sets (fwd_kernels_avx512.c). The
+ * bf16 operands: Q [m][d_pad] bf16, K panel [d_pad / 2][FA_BLOCK_N] bf16 pairs along d,
+ * V panel [FA_BLOCK_N / 2][dv_pad] bf16 pairs along the keys. */
+void fa_avx512_load_row(int32_t dtype, const void *src, float *dst, int64_t n);
+float fa_avx512_row_max(const float *s, int n);
+float fa_avx512_exp_sum(float *s, int n, float c, float shift);
+void fa_avx512_scale_row(float *x, int n, float a);
+void fa_avx512_to_bf16(const float *src, uint16_t *dst, int n); /* n % 16 == 0 */
+void fa_avx512_prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst);
+void fa_avx512_pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad,
+                           void *dst);
+void fa_avx512_pack_v_bf16(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
+                           void *dst);
 #endif
 
 #endif /* FA_FWD_ENGINE_H */

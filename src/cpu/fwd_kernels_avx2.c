@@ -172,6 +172,14 @@ static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
     }
 }
 
-const fa_fwd_kernels fa_fwd_kernels_avx2 = {"avx2", load_row, fa_store_row_f32,
-                                            fa_fwd_prep_q_f32, pack_k_f32,
-                                            pack_v_f32, qk, pv, row_max, exp_sum};
+static void scale_row(float *x, int n, float a) {
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), va));
+    for (; i < n; ++i) x[i] *= a;
+}
+
+const fa_fwd_kernels fa_fwd_kernels_avx2 = {
+    .name = "avx2", .d_align = 2, .load_row = load_row, .store_row = fa_store_row_f32,
+    .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k_f32, .pack_v = pack_v_f32, .qk = qk, .pv = pv,
+    .row_max = row_max, .exp_sum = exp_sum, .scale_row = scale_row};

@@ -26,7 +26,7 @@
 #define FA_INLINE static inline __attribute__((always_inline))
 
 /* ---------------------------------------------------------------- conversions */
-static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
+void fa_avx512_load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
     int64_t i = 0;
     if (dtype == FA_DTYPE_F16) {
         const uint16_t *s = src;
@@ -47,7 +47,7 @@ static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
 }
 
 /* ---------------------------------------------------------------- softmax pieces */
-static float row_max(const float *s, int n) {
+float fa_avx512_row_max(const float *s, int n) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     int j = 0;
     for (; j + 16 <= n; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
@@ -73,7 +73,7 @@ FA_INLINE __m512 exp2_ps(__m512 x) {
     return _mm512_maskz_scalef_ps(live, p, k);
 }
 
-static float exp_sum(float *s, int n, float c, float shift) {
+float fa_avx512_exp_sum(float *s, int n, float c, float shift) {
     __m512 vc = _mm512_set1_ps(c), vs = _mm512_set1_ps(shift), sum = _mm512_setzero_ps();
     int j = 0;
     for (; j + 16 <= n; j += 16) {
@@ -90,14 +90,21 @@ static float exp_sum(float *s, int n, float c, float shift) {
     return r;
 }
 
+void fa_avx512_scale_row(float *x, int n, float a) {
+    __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), va));
+    for (; i < n; ++i) x[i] *= a;
+}
+
 /* ---------------------------------------------------------------- f32 set */
 static void pack_k_f32(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
-    fa_fwd_pack_k_f32(load_row, dtype, rows, n, d, d_pad, dst);
+    fa_fwd_pack_k_f32(fa_avx512_load_row, dtype, rows, n, d, d_pad, dst);
 }
 
 static void pack_v_f32(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
                        void *dst) {
-    fa_fwd_pack_v_f32(load_row, dtype, rows, n, dv, dv_pad, dst);
+    fa_fwd_pack_v_f32(fa_avx512_load_row, dtype, rows, n, dv, dv_pad, dst);
 }
 
 
@@ -172,21 +179,22 @@ static void pv_f32(const float *p, const void *vp, int m, int dv_pad, float *acc
     }
 }
 
-const fa_fwd_kernels fa_fwd_kernels_avx512 = {"avx512", load_row, fa_store_row_f32,
-                                              fa_fwd_prep_q_f32, pack_k_f32,
-                                              pack_v_f32, qk_f32, pv_f32, row_max,
-                                              exp_sum};
+const fa_fwd_kernels fa_fwd_kernels_avx512 = {
+    .name = "avx512", .d_align = 2, .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
+    .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k_f32, .pack_v = pack_v_f32, .qk = qk_f32,
+    .pv = pv_f32, .row_max = fa_avx512_row_max, .exp_sum = fa_avx512_exp_sum,
+    .scale_row = fa_avx512_scale_row};
 
 /* ---------------------------------------------------------------- bf16 set (vdpbf16ps) */
 /* n f32 values (n % 16 == 0) to bf16, round to nearest even. */
-FA_INLINE void to_bf16(const float *src, uint16_t *dst, int n) {
+void fa_avx512_to_bf16(const float *src, uint16_t *dst, int n) {
     for (int i = 0; i < n; i += 16) {
         __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
         _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
     }
 }
 
-static void prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
+void fa_avx512_prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
     uint16_t *out = dst;
     int64_t n = (int64_t)m * d_pad, i = 0;
     (void)d;
@@ -197,7 +205,7 @@ static void prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
 
 /* K panel [d_pad / 2][64] of bf16 pairs: pair c of key j, (k[j][2c], k[j][2c + 1]), at [c][j].
  * The inputs are bf16 already, so this is a 32-bit transpose. */
-static void pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
+void fa_avx512_pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
     uint32_t *kp = dst;
     (void)dtype;
     for (int j = 0; j < n; ++j) {
@@ -208,13 +216,14 @@ static void pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, in
             kp[c * FA_BLOCK_N + j] = pair;
         }
         if (d & 1) kp[(d / 2) * FA_BLOCK_N + j] = src[d - 1];
+        for (int c = (d + 1) / 2; c < d_pad / 2; ++c) kp[c * FA_BLOCK_N + j] = 0;
     }
     for (int c = 0; c < d_pad / 2; ++c)
         for (int j = n; j < FA_BLOCK_N; ++j) kp[c * FA_BLOCK_N + j] = 0;
 }
 
 /* V panel [32][dv_pad] of bf16 pairs along the keys: (v[2t][c], v[2t + 1][c]) at [t][c]. */
-static void pack_v_bf16(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
+void fa_avx512_pack_v_bf16(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
                         void *dst) {
     static const uint16_t zero_row[256];
     uint16_t *vp = dst;
@@ -301,7 +310,7 @@ FA_INLINE void pv_rows_bf16(const uint32_t *p, const uint32_t *v, int dv_pad, fl
 
 static void pv_bf16(const float *p, const void *vp, int m, int dv_pad, float *acc) {
     uint32_t pb[FA_MAX_M * FA_BLOCK_N / 2]; /* P rounded to bf16 pairs along the keys */
-    to_bf16(p, (uint16_t *)pb, m * FA_BLOCK_N);
+    fa_avx512_to_bf16(p, (uint16_t *)pb, m * FA_BLOCK_N);
     int r = 0;
     const int pr = FA_BLOCK_N / 2;
     for (; r + MR <= m; r += MR) pv_rows_bf16(pb + r * pr, vp, dv_pad, acc + r * dv_pad, MR);
@@ -316,5 +325,7 @@ static void pv_bf16(const float *p, const void *vp, int m, int dv_pad, float *ac
 }
 
 const fa_fwd_kernels fa_fwd_kernels_avx512_bf16 = {
-    "avx512_bf16", load_row,    fa_store_row_f32, prep_q_bf16, pack_k_bf16,
-    pack_v_bf16,   qk_bf16,     pv_bf16,          row_max,     exp_sum};
+    .name = "avx512_bf16", .d_align = 2, .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
+    .prep_q = fa_avx512_prep_q_bf16, .pack_k = fa_avx512_pack_k_bf16,
+    .pack_v = fa_avx512_pack_v_bf16, .qk = qk_bf16, .pv = pv_bf16, .row_max = fa_avx512_row_max,
+    .exp_sum = fa_avx512_exp_sum, .scale_row = fa_avx512_scale_row};

@@ -88,6 +88,11 @@ static float exp_sum(float *s, int n, float c, float shift) {
     return sum;
 }
 
-const fa_fwd_kernels fa_fwd_kernels_scalar = {"scalar", fa_load_row_f32, fa_store_row_f32, fa_fwd_prep_q_f32,
-                                              pack_k, pack_v, qk, pv,
-                                              row_max, exp_sum};
+static void scale_row(float *x, int n, float a) {
+    for (int i = 0; i < n; ++i) x[i] *= a;
+}
+
+const fa_fwd_kernels fa_fwd_kernels_scalar = {
+    .name = "scalar", .d_align = 2, .load_row = fa_load_row_f32, .store_row = fa_store_row_f32,
+    .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k, .pack_v = pack_v, .qk = qk, .pv = pv,
+    .row_max = row_max, .exp_sum = exp_sum, .scale_row = scale_row};

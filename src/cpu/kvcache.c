@@ -14,8 +14,8 @@ static int32_t at(const fa_tensor *t, int64_t i) {
 fa_status fa_cpu_kvcache_workspace(fa_context *ctx, const fa_problem *p, const fa_kvcache_args *a,
                                    size_t *bytes) {
     (void)a;
-    *bytes = fa_engine_workspace(p, fa_pool_size(fa_cpu_state_of(ctx)->pool),
-                                 p->batch * p->max_seqlen_q);
+    fa_cpu_state *state = fa_cpu_state_of(ctx);
+    *bytes = fa_engine_workspace(p, state->isa, fa_pool_size(state->pool), p->batch * p->max_seqlen_q);
     return FA_OK;
 }
 
