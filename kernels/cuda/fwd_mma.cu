@@ -6,7 +6,7 @@
  * rows [16 * FA_MT * w, 16 * FA_MT * (w + 1)), so softmax needs no inter-warp reduction.
  * S = Q K^T with mma.sync m16n8k16 (Q and K read by ldmatrix), P stays in registers as the
  * A operand of O += P V (V read by ldmatrix.trans). Q, K, V tiles go global -> shared by
- * cp.async; K of the next tile loads during softmax and PV, V during QK^T.
+ * cp.async into two buffers: K and V of the next tile load while this one is computed.
  * Shared rows are padded by 16 bytes, so ldmatrix reads are free of bank conflicts.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_MT,
@@ -73,12 +73,19 @@ static __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-/* grid (ceil(max s_q / BM), h, b), block NTHREADS, dynamic smem (BM + FA_BN) * SK_STRIDE * 2 +
- * FA_BN * SV_STRIDE * 2 bytes. */
+static __device__ __forceinline__ void fa_cp_async_wait_one(void) {
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+
+/* grid (ceil(max s_q / BM), h, b), block NTHREADS, dynamic smem
+ * 2 * (BM * SK_STRIDE + 2 * FA_BN * (SK_STRIDE + SV_STRIDE)) bytes. */
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     extern __shared__ __align__(16) fa_u16 smem[];
-    fa_u16 *sQ = smem, *sK = sQ + BM * SK_STRIDE, *sV = sK + FA_BN * SK_STRIDE;
+    /* sQ (BM rows), then K buffers 0 and 1, then V buffers 0 and 1; buffer b of K is
+     * sK0 + b * K_BUF (pointer arithmetic, not an array, which would live in local memory). */
+    fa_u16 *sQ = smem, *sK0 = sQ + BM * SK_STRIDE, *sV0 = sK0 + 2 * FA_BN * SK_STRIDE;
+    const int K_BUF = FA_BN * SK_STRIDE, V_BUF = FA_BN * SV_STRIDE;
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
     const fa_seq s = fa_seq_of(p, b);
     if (m0 >= s.seqlen_q) return;
@@ -109,15 +116,22 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     }
 
     load_q(p, s, m0, h, sQ);
-    if (n_end > n_begin) load_kv(p, s, (n_end - 1) * FA_BN, hk, 0, sK);
+    if (n_end > n_begin) {
+        load_kv(p, s, (n_end - 1) * FA_BN, hk, 0, sK0);
+        load_kv(p, s, (n_end - 1) * FA_BN, hk, 1, sV0);
+    }
     fa_cp_async_commit();
 
-    for (int n = n_end - 1; n >= n_begin; --n) {
+    for (int n = n_end - 1, buf = 0; n >= n_begin; --n, buf ^= 1) {
         const int n0 = n * FA_BN;
-        fa_cp_async_wait_all();
-        __syncthreads(); /* K(n) (and Q) in shared memory */
-        load_kv(p, s, n0, hk, 1, sV);
-        fa_cp_async_commit();
+        const fa_u16 *sK = sK0 + buf * K_BUF, *sV = sV0 + buf * V_BUF;
+        if (n > n_begin) { /* the next tile into the other buffers, while this one computes */
+            load_kv(p, s, n0 - FA_BN, hk, 0, sK0 + (buf ^ 1) * K_BUF);
+            load_kv(p, s, n0 - FA_BN, hk, 1, sV0 + (buf ^ 1) * V_BUF);
+        }
+        fa_cp_async_commit(); /* possibly empty: one group per iteration */
+        fa_cp_async_wait_one();
+        __syncthreads(); /* K(n), V(n) (and Q) in shared memory */
 
         /* S = Q K^T: (16 * FA_MT, FA_BN) per warp. */
         float acc_s[FA_MT][FA_BN / 8][4];
@@ -146,12 +160,6 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                     fa_mma16816(acc_s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
                 }
             }
-        }
-        fa_cp_async_wait_all();
-        __syncthreads(); /* V(n) in shared memory; every warp is done with sK */
-        if (n > n_begin) {
-            load_kv(p, s, n0 - FA_BN, hk, 0, sK);
-            fa_cp_async_commit();
         }
 
         /* Scores in the log2 domain; the mask only on tiles that need it. Uniform branches
@@ -262,7 +270,7 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                 }
             }
         }
-        __syncthreads(); /* every warp is done with sV */
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
 
     /* out = acc_o / l_i; lse = ln(sum exp(s)) = (m_i + log2(l_i)) * ln 2; empty rows: 0, +inf. */

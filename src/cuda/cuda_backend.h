@@ -50,9 +50,10 @@ typedef struct fa_fwd_tiles {
     int mt, nwarps, bn;
 } fa_fwd_tiles;
 int fa_round_hd(int64_t d); /* head dim rounded up to a multiple of 32 */
-fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv);
+fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv, int smem_limit);
 unsigned fa_fwd_mma_smem(int hd, int hdv, fa_fwd_tiles tiles);
-void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout);
+void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
+                        fa_fwd_tiles tiles);
 void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max);
 fa_status fa_cuda_precompile(const char *arch, int *num_variants);
 

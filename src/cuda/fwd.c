@@ -131,10 +131,10 @@ fa_status fa_cuda_attention(fa_context *ctx, const fa_problem *p, const fa_attn_
     memset(&l, 0, sizeof l);
     if (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) {
         const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
-        const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv);
+        const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);
         l.program = "fwd_mma.cu";
         l.kernel = "fa_fwd_mma";
-        fa_fwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f);
+        fa_fwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
         l.grid[0] = ceil_div(p->max_seqlen_q, 16 * t.mt * t.nwarps);
         l.block = 32u * (unsigned)t.nwarps;
         l.smem = fa_fwd_mma_smem(hd, hdv, t);

@@ -9,6 +9,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_backend.h"
 
@@ -21,22 +22,28 @@ static bool tiles_override(fa_fwd_tiles *t) {
            t->mt <= 4 && t->nwarps >= 1 && t->nwarps <= 16 && t->bn >= 16 && t->bn % 16 == 0;
 }
 
-fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv) {
+/* Candidates per head dim, best first (measured on H100, docs/cuda.md); the first whose shared
+ * memory fits the device is taken. */
+fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv, int smem_limit) {
     fa_fwd_tiles t;
     if (tiles_override(&t)) return t;
+    static const fa_fwd_tiles small[] = {{1, 8, 64}, {1, 4, 64}, {1, 4, 32}};
+    static const fa_fwd_tiles medium[] = {{2, 4, 64}, {1, 4, 64}, {1, 4, 32}};
+    static const fa_fwd_tiles large[] = {{1, 4, 64}, {1, 4, 32}, {1, 4, 16}};
     const int widest = hd > hdv ? hd : hdv;
-    /* FA2's table (gpu_kernels.md §1) shaped for one m16 tile or two per warp. */
-    if (widest <= 128) return (fa_fwd_tiles){2, 4, 64}; /* 128 x 64 */
-    return (fa_fwd_tiles){1, 4, 64};                    /* 64 x 64 */
+    const fa_fwd_tiles *list = widest <= 64 ? small : widest <= 128 ? medium : large;
+    for (int i = 0; i < 2; ++i)
+        if ((int)fa_fwd_mma_smem(hd, hdv, list[i]) <= smem_limit) return list[i];
+    return list[2];
 }
 
 unsigned fa_fwd_mma_smem(int hd, int hdv, fa_fwd_tiles t) {
     const int bm = 16 * t.mt * t.nwarps;
-    return (unsigned)(2 * ((bm + t.bn) * (hd + 8) + t.bn * (hdv + 8)));
+    return (unsigned)(2 * (bm * (hd + 8) + 2 * t.bn * (hd + 8 + hdv + 8))); /* Q + 2 x (K, V) */
 }
 
-void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout) {
-    const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv);
+void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
+                        fa_fwd_tiles t) {
     snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_MT=%d -DFA_NWARPS=%d -DFA_BN=%d "
              "-DFA_DROPOUT=%d", dtype, hd, hdv, t.mt, t.nwarps, t.bn, dropout ? 1 : 0);
 }
@@ -53,12 +60,18 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
     FA_RETURN_IF(!fa_jit_cache_path()[0], FA_ERR_UNSUPPORTED,
                  "cuda: precompile needs the disk cache, which is off or not writable "
                  "(FLASHATTN_JIT_CACHE / FLASHATTN_CACHE_DIR)");
+    /* Shared memory per block of the arch's flagship (A100 163 KB, H100 227 KB, else 99 KB): the
+     * tiles the runtime picks there. */
+    const int smem_limit = strcmp(arch, "sm_80") == 0   ? 163 * 1024
+                           : strncmp(arch, "sm_90", 5) == 0 ? 227 * 1024
+                                                            : 99 * 1024;
     int count = 0;
     char defines[256];
     for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
         for (int hd = 32; hd <= 256; hd += 32)
             for (int dropout = 0; dropout <= 1; ++dropout) {
-                fa_fwd_mma_defines(defines, sizeof defines, dtype, hd, hd, dropout);
+                fa_fwd_mma_defines(defines, sizeof defines, dtype, hd, hd, dropout,
+                                   fa_fwd_mma_tiles(hd, hd, smem_limit));
                 FA_FORWARD_IF(fa_jit_precompile_one("fwd_mma.cu", defines, arch, true));
                 ++count;
             }
