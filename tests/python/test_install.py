@@ -57,6 +57,8 @@ def test_pip_install_fresh_venv(tmp_path):
         "assert flash_attn.__version__ == '2.8.3'; "
         "assert _lib.load_error() is None, _lib.load_error(); "
         "import importlib.metadata as m; assert m.version('flash_attn') == '2.8.3'; "
+        "assert m.packages_distributions()['flash_attn'] == ['flash_attn']; "  # how transformers finds us
+        "q = torch.randn(1, 4, 2, 8); assert flash_attn.flash_attn_func(q, q, q).shape == q.shape; "
         "print(_lib.lib().path)"
     )
     check = subprocess.run([str(python), "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
