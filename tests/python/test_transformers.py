@@ -75,3 +75,62 @@ def test_training_step_gradients_match_sdpa():
         model(ids, labels=ids).loss.backward()
     for (name, p), q in zip(ours.named_parameters(), sdpa.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+_GPU_SCRIPT = r"""
+import copy, torch, transformers
+cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+torch.manual_seed(0)
+fa2 = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="flash_attention_2",
+                                                    dtype=torch.bfloat16).cuda().eval()
+sdpa = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="sdpa",
+                                                     dtype=torch.bfloat16).cuda().eval()
+sdpa.load_state_dict(fa2.state_dict())
+assert fa2.config._attn_implementation == "flash_attention_2"
+import flash_attn.flash_attn_interface as fi
+calls = []
+orig = fi.FlashAttnFunc.apply
+fi.FlashAttnFunc.apply = lambda *a: calls.append(1) or orig(*a)
+ids = torch.randint(0, 97, (2, 40), device="cuda")
+mask = torch.ones_like(ids)
+mask[1, :9] = 0
+with torch.no_grad():
+    a, b = fa2(ids).logits.float(), sdpa(ids).logits.float()
+    err = (a - b).abs().max().item()
+    assert err < 5e-2, err
+    a, b = fa2(ids, attention_mask=mask).logits.float(), sdpa(ids, attention_mask=mask).logits.float()
+    err2 = (a[1, 9:] - b[1, 9:]).abs().max().item()
+    assert err2 < 5e-2, err2
+assert calls, "flash_attention_2 did not call flash_attn"
+out = fa2.generate(ids[:, :10], attention_mask=mask[:, :10], max_new_tokens=5, do_sample=False, pad_token_id=0)
+assert out.shape == (2, 15)
+print("ok", err, err2)
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="transformers allows flash_attention_2 only with a GPU")
+def test_flash_attention_2_unchanged_on_gpu(tmp_path):
+    """With a GPU, attn_implementation="flash_attention_2" uses this package unchanged. transformers
+    needs the distribution's metadata; when running from the source tree a minimal dist-info stands in."""
+    import importlib.metadata
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import flash_attn
+
+    env = dict(os.environ)
+    try:
+        importlib.metadata.version("flash_attn")
+    except importlib.metadata.PackageNotFoundError:
+        package_root = Path(flash_attn.__file__).resolve().parent.parent
+        info = tmp_path / "flash_attn-2.8.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flash_attn\nVersion: 2.8.3\n")
+        (info / "top_level.txt").write_text("flash_attn\n")
+        (info / "RECORD").write_text("flash_attn/__init__.py,,\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(package_root), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", _GPU_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
