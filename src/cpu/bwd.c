@@ -585,10 +585,12 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
 
 fa_status fa_cpu_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a, void *ws,
                      size_t ws_bytes) {
+    size_t need;
+    FA_FORWARD_IF(fa_cpu_bwd_workspace(ctx, p, a, &need));
+    FA_RETURN_IF(ws_bytes < need || !ws, FA_ERR_WORKSPACE_TOO_SMALL,
+                 "cpu backward needs %zu workspace bytes (got %zu)", need, ws ? ws_bytes : 0);
     bwd_plan pl;
     bwd_plan_init(&pl, ctx, p, a, ws);
-    FA_RETURN_IF(ws_bytes < pl.L.total_bytes, FA_ERR_WORKSPACE_TOO_SMALL,
-                 "cpu backward needs %zu workspace bytes (got %zu)", pl.L.total_bytes, ws_bytes);
     fa_pool *pool = fa_cpu_state_of(ctx)->pool;
     int64_t q_tasks = ceil_div(pl.L.rows, BWD_ROWS_PER_TASK);
     int64_t k_tasks = ceil_div(pl.L.rows_k, BWD_ROWS_PER_TASK);

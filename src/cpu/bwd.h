@@ -1,6 +1,7 @@
 /*
- * bwd.h — what the cpu backward's files share: the per-ISA kernel table and the branch-free
- * exp that every ISA file compiles with its own vector width (bwd.c, bwd_avx2.c, bwd_avx512.c).
+ * bwd.h — what the cpu backward's files share: the per-ISA kernel table, and the branch-free
+ * element loops (exp, tanh, Philox) that every ISA file compiles with its own vector width
+ * (bwd.c: portable, bwd_avx2.c, bwd_avx512.c).
  */
 #ifndef FA_CPU_BWD_H
 #define FA_CPU_BWD_H
@@ -12,7 +13,7 @@
 
 #include "fa_philox.h"
 
-/* The two inner loops of the backward, one implementation per instruction set. */
+/* The inner loops of the backward, one implementation per instruction set. */
 typedef struct fa_bwd_kernels {
     /* C (M, N) = [C +] A (M, K) · B (K, N): A[m][k] at A[m * a_rs + k * a_cs] (any layout, it is
      * only broadcast); B and C row-major with row strides ldb, ldc; all f32. */
