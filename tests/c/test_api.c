@@ -24,35 +24,31 @@ static void expect(fa_status got, fa_status want, const char *needle, const char
     }
 }
 
-/* Runs the workspace query and the call itself; both must give `want`. */
+/* Runs the workspace query and the call itself (with a generous workspace when the call
+ * must fail, so that only the argument can be the reason); both must give `want`. */
+#define EXPECT_OP(size_fn, run_fn, a, o, want, needle, what)                                    \
+    do {                                                                                       \
+        size_t bytes_ = 0;                                                                     \
+        expect(size_fn(test_ctx(), (a), (o), &bytes_), (want), (needle), (what));              \
+        void *ws_ = alloc_workspace(1 << 20);                                                  \
+        expect(run_fn(test_ctx(), (a), (o), ws_, (want) == FA_OK ? bytes_ : (size_t)1 << 20),  \
+               (want), (needle), (what));                                                      \
+        free(ws_);                                                                             \
+    } while (0)
+
 static void expect_fwd(const fa_fwd_args *a, const fa_options *o, fa_status want,
                        const char *needle, const char *what) {
-    size_t bytes = 0;
-    expect(fa_fwd_workspace_size(test_ctx(), a, o, &bytes), want, needle, what);
-    void *ws = alloc_workspace(1 << 20);
-    expect(fa_fwd(test_ctx(), a, o, ws, want == FA_OK ? bytes : (size_t)1 << 20), want, needle,
-           what);
-    free(ws);
+    EXPECT_OP(fa_fwd_workspace_size, fa_fwd, a, o, want, needle, what);
 }
 
 static void expect_bwd(const fa_bwd_args *a, const fa_options *o, fa_status want,
                        const char *needle, const char *what) {
-    size_t bytes = 0;
-    expect(fa_bwd_workspace_size(test_ctx(), a, o, &bytes), want, needle, what);
-    void *ws = alloc_workspace(1 << 20);
-    expect(fa_bwd(test_ctx(), a, o, ws, want == FA_OK ? bytes : (size_t)1 << 20), want, needle,
-           what);
-    free(ws);
+    EXPECT_OP(fa_bwd_workspace_size, fa_bwd, a, o, want, needle, what);
 }
 
 static void expect_kv(const fa_kvcache_args *a, const fa_options *o, fa_status want,
                       const char *needle, const char *what) {
-    size_t bytes = 0;
-    expect(fa_fwd_kvcache_workspace_size(test_ctx(), a, o, &bytes), want, needle, what);
-    void *ws = alloc_workspace(1 << 20);
-    expect(fa_fwd_kvcache(test_ctx(), a, o, ws, want == FA_OK ? bytes : (size_t)1 << 20), want,
-           needle, what);
-    free(ws);
+    EXPECT_OP(fa_fwd_kvcache_workspace_size, fa_fwd_kvcache, a, o, want, needle, what);
 }
 
 /* ---------------------------------------------------------------- forward */
