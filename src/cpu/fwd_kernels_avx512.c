@@ -98,8 +98,65 @@ void fa_avx512_scale_row(float *x, int n, float a) {
 }
 
 /* ---------------------------------------------------------------- f32 set */
+/* In-register transpose of a 16 x 16 block of 32-bit elements: r[i] = row i in, column i out.
+ * Three stages: interleave 32-bit pairs, then 64-bit pairs, then 128-bit lanes. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) { /* u[g + k]: rows g..g+3, columns k, k+4, k+8, k+12 */
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int k = 0; k < 4; ++k) {
+        __m512i x_lo = _mm512_shuffle_i32x4(u[k], u[4 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i y_lo = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i x_hi = _mm512_shuffle_i32x4(u[k], u[4 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512i y_hi = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(3, 2, 3, 2));
+        r[k] = _mm512_shuffle_i32x4(x_lo, y_lo, _MM_SHUFFLE(2, 0, 2, 0));
+        r[k + 4] = _mm512_shuffle_i32x4(x_lo, y_lo, _MM_SHUFFLE(3, 1, 3, 1));
+        r[k + 8] = _mm512_shuffle_i32x4(x_hi, y_hi, _MM_SHUFFLE(2, 0, 2, 0));
+        r[k + 12] = _mm512_shuffle_i32x4(x_hi, y_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Elements [c, c + 16) ∩ [c, d) of a row as 32-bit lanes: f32 values (f32/f16/bf16 rows), or
+ * for pairs = true bf16 pairs (row of bf16, pair i = elements 2i, 2i + 1); zero elsewhere. */
+static inline __m512i load16(int32_t dtype, const void *row, int c, int d, bool pairs) {
+    if (pairs) {
+        int left = d - 2 * c;
+        __mmask32 m = left >= 32 ? 0xFFFFFFFFu : (left <= 0 ? 0 : (1u << left) - 1u);
+        return _mm512_maskz_loadu_epi16(m, (const uint16_t *)row + 2 * c);
+    }
+    int left = d - c;
+    __mmask16 m = left >= 16 ? 0xFFFF : (left <= 0 ? 0 : (__mmask16)((1u << left) - 1u));
+    if (dtype == FA_DTYPE_F32) return _mm512_castps_si512(_mm512_maskz_loadu_ps(m, (const float *)row + c));
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c);
+    if (dtype == FA_DTYPE_F16) return _mm512_castps_si512(_mm512_cvtph_ps(h));
+    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+}
+
+/* Panel [cols][FA_BLOCK_N] of 32-bit lanes from n key rows: column c of key j at [c][j].
+ * cols = d_pad (f32) or d_pad / 2 (bf16 pairs); 16 x 16 blocks go through registers. */
+static void pack_transposed(int32_t dtype, const void *const *rows, int n, int d, int cols,
+                            bool pairs, uint32_t *dst) {
+    for (int j0 = 0; j0 < FA_BLOCK_N; j0 += 16)
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i)
+                r[i] = j0 + i < n ? load16(dtype, rows[j0 + i], c0, d, pairs) : _mm512_setzero_si512();
+            transpose16(r);
+            for (int i = 0; i < 16 && c0 + i < cols; ++i)
+                _mm512_storeu_si512((void *)(dst + (c0 + i) * FA_BLOCK_N + j0), r[i]);
+        }
+}
+
 static void pack_k_f32(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
-    fa_fwd_pack_k_f32(fa_avx512_load_row, dtype, rows, n, d, d_pad, dst);
+    pack_transposed(dtype, rows, n, d, d_pad, false, dst);
 }
 
 static void pack_v_f32(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
@@ -206,20 +263,7 @@ void fa_avx512_prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst) {
 /* K panel [d_pad / 2][64] of bf16 pairs: pair c of key j, (k[j][2c], k[j][2c + 1]), at [c][j].
  * The inputs are bf16 already, so this is a 32-bit transpose. */
 void fa_avx512_pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
-    uint32_t *kp = dst;
-    (void)dtype;
-    for (int j = 0; j < n; ++j) {
-        const uint16_t *src = rows[j];
-        for (int c = 0; c < d / 2; ++c) {
-            uint32_t pair;
-            memcpy(&pair, src + 2 * c, sizeof pair);
-            kp[c * FA_BLOCK_N + j] = pair;
-        }
-        if (d & 1) kp[(d / 2) * FA_BLOCK_N + j] = src[d - 1];
-        for (int c = (d + 1) / 2; c < d_pad / 2; ++c) kp[c * FA_BLOCK_N + j] = 0;
-    }
-    for (int c = 0; c < d_pad / 2; ++c)
-        for (int j = n; j < FA_BLOCK_N; ++j) kp[c * FA_BLOCK_N + j] = 0;
+    pack_transposed(dtype, rows, n, d, d_pad / 2, true, dst);
 }
 
 /* V panel [32][dv_pad] of bf16 pairs along the keys: (v[2t][c], v[2t + 1][c]) at [t][c]. */
