@@ -26,6 +26,7 @@ typedef struct kvcfg {
     int alibi;            /* 0, 1 (h) or 2 (b, h) */
     int64_t rotary_dim;   /* 0 = none (needs s_new > 0) */
     bool interleaved;
+    int sin_pad;          /* rotary_sin's own stride padding (rotary_cos uses pad) */
     bool seqlens;         /* cache_seqlens given (forced with s_new) */
     bool batch_idx, leftpad;
     int page_size;        /* > 0: paged */
@@ -69,7 +70,7 @@ typedef struct kvcase {
 static void fill_rotary(kvcase *kc, int64_t s_ro) {
     int64_t half = kc->c.rotary_dim / 2;
     kc->cos = TT(kc->c.dtype, kc->c.pad, s_ro, half);
-    kc->sin = TT(kc->c.dtype, kc->c.pad, s_ro, half);
+    kc->sin = TT(kc->c.dtype, kc->c.pad + kc->c.sin_pad, s_ro, half);
     for (int64_t p = 0; p < s_ro; ++p)
         for (int64_t c = 0; c < half; ++c) {
             double angle = (double)p * pow(10000.0, -2.0 * (double)c / (double)kc->c.rotary_dim);
@@ -275,6 +276,10 @@ static void test_rotary(void) {
         }
     kvcfg c = kv_basic(FA_DTYPE_F16, 2, 4, 64, 4, 2, 2, 40);
     c.rotary_dim = 16, c.wl = 3, c.wr = 1, c.interleaved = false; /* local: per row */
+    kv_check(&c);
+    /* rotary_cos and rotary_sin with different row strides: each read with its own */
+    c = kv_basic(FA_DTYPE_F32, 2, 3, 40, 3, 2, 1, 16);
+    c.rotary_dim = 8, c.causal = true, c.sin_pad = 5;
     kv_check(&c);
 }
 
