@@ -345,6 +345,45 @@ static void test_strided(void) {
     }
 }
 
+/* The same call on views with padding in every stride: bit-identical out, lse and caches. */
+static void test_strided_equals_contiguous(void) {
+    for (int t = 0; t < 3; ++t) {
+        kvcfg c = kv_basic(k_dtypes[t], 3, 5, 60, 3, 4, 2, 32);
+        c.causal = true, c.rotary_dim = t == 1 ? 16 : 0, c.page_size = t == 2 ? 8 : 0;
+        c.batch_idx = t == 0, c.leftpad = t == 0;
+        char desc[320];
+        kv_describe(&c, desc, sizeof desc);
+        kvcase kc = kv_make(&c);
+        kvcase sv = kc; /* shares the index arrays; every tensor becomes a padded copy */
+        tt *dense[] = {&kc.q, &kc.k_cache, &kc.v_cache, &kc.k_new, &kc.v_new, &kc.cos, &kc.sin,
+                       &kc.out, &kc.lse};
+        tt *padded[] = {&sv.q, &sv.k_cache, &sv.v_cache, &sv.k_new, &sv.v_new, &sv.cos, &sv.sin,
+                        &sv.out, &sv.lse};
+        const int pads[] = {3, 2, 4, 2, 3, 2, 2, 4, 1}; /* cos and sin alike (see test_rotary) */
+        int n = (int)(sizeof dense / sizeof dense[0]);
+        for (int i = 0; i < n; ++i)
+            *padded[i] = dense[i]->base ? tt_clone(&dense[i]->v, pads[i]) : *dense[i];
+        sv.a.q = sv.q.v, sv.a.k_cache = sv.k_cache.v, sv.a.v_cache = sv.v_cache.v;
+        sv.a.out = sv.out.v, sv.a.softmax_lse = sv.lse.v;
+        if (c.s_new) sv.a.k_new = sv.k_new.v, sv.a.v_new = sv.v_new.v;
+        if (c.rotary_dim) sv.a.rotary_cos = sv.cos.v, sv.a.rotary_sin = sv.sin.v;
+        if (kv_run(&kc, test_ctx(), desc) && kv_run(&sv, test_ctx(), desc)) {
+            CHECK(tt_bits_equal(&kc.out.v, &sv.out.v) && tt_bits_equal(&kc.lse.v, &sv.lse.v),
+                  "%s: strided out/lse differ from contiguous (max diff %.3g)", desc,
+                  max_abs_diff(&kc.out.v, &sv.out.v));
+            CHECK(tt_bits_equal(&kc.k_cache.v, &sv.k_cache.v) &&
+                      tt_bits_equal(&kc.v_cache.v, &sv.v_cache.v),
+                  "%s: strided caches differ from contiguous ones", desc);
+            for (int i = 0; i < n; ++i)
+                CHECK(!padded[i]->base || tt_padding_intact(padded[i]),
+                      "%s: padding of tensor %d written", desc, i);
+        }
+        for (int i = 0; i < n; ++i)
+            if (dense[i]->base) tt_free(padded[i]);
+        kv_free(&kc);
+    }
+}
+
 static void test_isa_grid(void) {
     for (int t = 0; t < 3; ++t)
         for (int v = 0; v < 3; ++v) {
@@ -364,6 +403,7 @@ int main(int argc, char **argv) {
         {"batch_idx_and_leftpad", test_batch_idx_and_leftpad},
         {"paged", test_paged},
         {"strided", test_strided},
+        {"strided_equals_contiguous", test_strided_equals_contiguous},
         {"isa_grid", test_isa_grid},
         /* last: if it reads out of bounds, ASan stops the program here */
         {"rotary_positions_past_the_table", test_rotary_positions_past_the_table},
