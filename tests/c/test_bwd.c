@@ -13,6 +13,7 @@
 
 static const int32_t k_dtypes[3] = {FA_DTYPE_F32, FA_DTYPE_F16, FA_DTYPE_BF16};
 
+
 static void test_seqlens(void) {
     const int64_t lens[4] = {1, 7, 97, 300};
     int n = 0;
@@ -232,6 +233,20 @@ static void test_threads_agree(void) {
     }
 }
 
+/* A short mix: what `ctest -L isa` runs on each instruction set. */
+static void test_isa_grid(void) {
+    const int64_t dims[4] = {8, 59, 64, 128};
+    for (int i = 0; i < 4; ++i)
+        for (int t = 0; t < 3; ++t) {
+            cfg c = cfg_basic(k_dtypes[t], 2, 37, 45, 4, 2, dims[i], dims[(i + t) % 4]);
+            c.causal = (i + t) % 2;
+            c.varlen = i == 1;
+            c.alibi = i == 2;
+            c.dropout = i == 3 ? 0.1f : 0;
+            case_check_bwd(&c);
+        }
+}
+
 int main(int argc, char **argv) {
     static const test_case tests[] = {
         {"seqlens", test_seqlens},
@@ -243,6 +258,7 @@ int main(int argc, char **argv) {
         {"finite_differences", test_finite_differences},
         {"deterministic", test_deterministic},
         {"threads_agree", test_threads_agree},
+        {"isa_grid", test_isa_grid},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }
