@@ -45,7 +45,7 @@ def test_json_schema(quick_run):
     doc = json.load(open(out / "quick.json"))
     assert doc["schema"] == runner.SCHEMA and doc["suite"] == "quick" and doc["device"] == "cpu"
     prov = doc["provenance"]
-    for key in ("device", "cpu", "cpu_threads", "host", "versions", "git", "command", "env"):
+    for key in ("device", "cpu", "cpu_threads", "host", "versions", "git", "library", "command", "env"):
         assert key in prov, key
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["cpu_threads"] >= 1 and prov["command"][:4] == ["python", "-m", "flash_attn", "bench"]

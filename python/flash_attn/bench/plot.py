@@ -60,6 +60,10 @@ def plot(doc: dict, path: str):
                     xs, [math.nan if y is None else y for y in ys], marker="o", ms=3, label=name, **style
                 )
                 handles.setdefault(name, line)
+            wrong = [x for x in xs if points[x].get(name, {}).get("status") == "wrong"]
+            if wrong:  # failed the correctness check: marked, not timed
+                mark = top.plot(wrong, [0] * len(wrong), "x", color="red", ms=7, clip_on=False)[0]
+                handles.setdefault("failed the check (not timed)", mark)
         ratios = [ratio_to_best_peer(points[x]) for x in xs]
         bottom.plot(xs, [math.nan if y is None else y for y in ratios], marker="o", ms=3, color="black")
         bottom.axhline(1.0, color="gray", lw=0.8, ls="--")
@@ -90,4 +94,16 @@ def plot(doc: dict, path: str):
     )
     fig.savefig(path, dpi=72)
     plt.close(fig)
+    _shrink(path)
     return None
+
+
+def _shrink(path: str) -> None:
+    """Line plots need few colours: a 64-colour palette makes the PNG about 3x smaller."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors=64)
+    small.save(path, optimize=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -88,6 +89,21 @@ def _loadavg():
         return None
 
 
+def _library() -> dict:
+    """Which libflashattn the package loaded: an old build in a fresh tree is easy to miss."""
+    try:
+        from flash_attn import _lib
+
+        path = _lib.lib().path  # the file actually loaded
+    except Exception:  # noqa: BLE001 - not loadable: say where it was looked for
+        path = os.environ.get("FLASHATTN_LIBRARY")
+    if not path or not os.path.exists(path):
+        return {"path": path}
+    st = os.stat(path)
+    mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat()
+    return {"path": path, "bytes": st.st_size, "modified_utc": mtime}
+
+
 def provenance(device: str, providers: list, threads: int, argv: list) -> dict:
     env = {
         k: os.environ[k]
@@ -103,6 +119,7 @@ def provenance(device: str, providers: list, threads: int, argv: list) -> dict:
         "host": platform.platform(),
         "versions": _versions(providers),
         "git": _git(),
+        "library": _library(),
         "command": ["python", "-m", "flash_attn", "bench"] + list(argv),
         "env": env,
     }
