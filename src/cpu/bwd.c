@@ -200,12 +200,17 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bw
 
 static const fa_bwd_kernels *bwd_kernels_for(fa_cpu_isa isa) {
 #if defined(FA_HAVE_X86)
-    if (isa == FA_ISA_AVX512_BF16) return &fa_bwd_kernels_avx512_bf16;
-    if (isa == FA_ISA_AVX512) return &fa_bwd_kernels_avx512;
-    if (isa == FA_ISA_AVX2) return &fa_bwd_kernels_avx2;
-#endif
+    switch (isa) {
+    case FA_ISA_SCALAR:
+    case FA_ISA_NEON: return &fa_bwd_kernels_scalar;
+    case FA_ISA_AVX2: return &fa_bwd_kernels_avx2;
+    case FA_ISA_AVX512: return &fa_bwd_kernels_avx512;
+    default: return &fa_bwd_kernels_avx512_bf16; /* AVX512_BF16 and any later x86 level */
+    }
+#else
     (void)isa;
     return &fa_bwd_kernels_scalar;
+#endif
 }
 
 /* ---------------------------------------------------------------- scratch */
