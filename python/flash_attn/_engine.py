@@ -21,7 +21,7 @@ from . import _lib
 
 _DEVICE_BACKENDS = {"cpu": _lib.BACKEND_CPU, "cuda": _lib.BACKEND_CUDA}
 
-_contexts = {}
+_contexts = {}  # (backend, device index) -> _lib.Context, alive for the process
 _contexts_lock = threading.Lock()
 
 
@@ -64,9 +64,9 @@ def backend_for(device):
 def context(device):
     """The cached context for device, created and checked on first use."""
     backend = backend_for(device)
-    index = device.index if device.type == "cuda" and device.index is not None else 0
-    if device.type == "cuda" and device.index is None:
-        index = torch.cuda.current_device()
+    index = 0
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
     key = (backend, index)
     ctx = _contexts.get(key)
     if ctx is None:
@@ -82,13 +82,6 @@ def context(device):
                 ctx = _lib.Context(backend, index)
                 _contexts[key] = ctx
     return ctx
-
-
-def close_contexts():
-    with _contexts_lock:
-        for ctx in _contexts.values():
-            ctx.close()
-        _contexts.clear()
 
 
 def cpu_num_threads():

@@ -398,11 +398,6 @@ class Context:
         self.lock = threading.Lock()
         self._num_threads = None
 
-    def close(self):
-        if self.handle:
-            _lib.fa_context_destroy(self.handle)
-            self.handle = ctypes.c_void_p()
-
     def set_num_threads(self, n):
         if n != self._num_threads:
             check(_lib.fa_context_set_num_threads(self.handle, int(n)), "set_num_threads")
