@@ -138,3 +138,17 @@ def test_flops_and_bytes():
     d = suites.Case("decode", "float32", 128, 1, 4096, 3, 32, 8, False)
     assert d.kv_bytes() == 2 * 3 * 4096 * 8 * 128 * 4
     assert timing.rotation_sets(1 << 20, 32 << 20) == 64 and timing.rotation_sets(64 << 20, 32 << 20) == 1
+
+
+def test_without_optional_extras(monkeypatch, capsys, tmp_path):
+    """No tqdm: plain progress lines; no matplotlib: no PNG, and a note says why."""
+    from flash_attn.bench import plot
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails with ImportError
+    progress = runner.Progress(2, "quick")
+    progress.step("fwd float32 d64 s128: sdpa-cpu")
+    progress.close()
+    assert "[quick 1/2] fwd float32 d64 s128: sdpa-cpu" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    note = plot.plot({"results": []}, str(tmp_path / "x.png"))
+    assert "matplotlib" in note and not (tmp_path / "x.png").exists()
