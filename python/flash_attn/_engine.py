@@ -174,8 +174,21 @@ def _rng_opts(rng_state, dropout_p):
 # ---------------------------------------------------------------- operations
 
 
-def _resolve_scale(softmax_scale, q):
-    return q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
+def _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p=0.0, rng_state=None, **extra):
+    """fa_options of one call; softmax_scale None means 1/sqrt(q's head dim)."""
+    seed, offset = _rng_opts(rng_state, dropout_p)
+    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
+    return _lib.make_options(
+        softmax_scale=scale,
+        causal=causal,
+        window_left=window_left,
+        window_right=window_right,
+        softcap=softcap,
+        dropout_p=dropout_p,
+        rng_seed=seed,
+        rng_offset=offset,
+        **extra,
+    )
 
 
 def fwd(
@@ -248,17 +261,7 @@ def fwd(
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
     if rng_state is None:
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
-    seed, offset = _rng_opts(rng_state, dropout_p)
-    opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q),
-        causal=causal,
-        window_left=window_left,
-        window_right=window_right,
-        softcap=softcap,
-        dropout_p=dropout_p,
-        rng_seed=seed,
-        rng_offset=offset,
-    )
+    opts = _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
     tensors = dict(
         q=q,
         k=k,
@@ -338,17 +341,8 @@ def bwd(
         raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
     softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
     d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
-    seed, offset = _rng_opts(rng_state, dropout_p)
-    opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q),
-        causal=causal,
-        window_left=window_left,
-        window_right=window_right,
-        softcap=softcap,
-        dropout_p=dropout_p,
-        rng_seed=seed,
-        rng_offset=offset,
-        deterministic=deterministic,
+    opts = _options(
+        q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic=deterministic
     )
     tensors = dict(
         dout=dout,
@@ -419,12 +413,13 @@ def kvcache(
     if out is None:
         out = new_output(q.shape[:-1] + (v_cache.shape[-1],), q.dtype, device)
     lse = new_output((q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
-    opts = _lib.make_options(
-        softmax_scale=_resolve_scale(softmax_scale, q),
-        causal=causal,
-        window_left=window_left,
-        window_right=window_right,
-        softcap=softcap,
+    opts = _options(
+        q,
+        softmax_scale,
+        causal,
+        window_left,
+        window_right,
+        softcap,
         num_splits=num_splits,
         rotary_interleaved=rotary_interleaved,
     )
