@@ -41,7 +41,7 @@ enum {
 /* The main pass aims for this many tasks, splitting keys into chunks (each with its own dQ
  * partial) when there are fewer (sequence, kv head) pairs. It does not depend on the thread
  * count, so neither do the results. */
-#define BWD_MIN_TASKS 64
+#define BWD_MIN_TASKS 32
 /* The dQ partials may grow past one f32 copy of dQ up to this. */
 #define BWD_PARTIALS_MAX_BYTES ((size_t)256 << 20)
 
@@ -103,7 +103,7 @@ typedef struct bwd_layout {
 
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
-    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, total;
+    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta, total;
 } bwd_scratch_layout;
 
 typedef struct bwd_plan {
@@ -168,6 +168,8 @@ static bwd_scratch_layout scratch_layout(const fa_problem *p) {
     o.words = take(&at, (bn + 4) * sizeof(uint32_t));
     o.kt2 = take(&at, (d + 1) / 2 * bn * sizeof(uint32_t));
     o.vt2 = take(&at, (dv + 1) / 2 * bn * sizeof(uint32_t));
+    o.lse = take(&at, bm * f);
+    o.delta = take(&at, bm * f);
     o.total = at;
     return o;
 }
@@ -227,6 +229,8 @@ typedef struct bwd_scratch {
     float *row;    /* (max(d, dv)) */
     uint32_t *kt2; /* (d2, bn)  pairs: bf16 pairs of kt along d */
     uint32_t *vt2; /* (dv2, bn) */
+    float *lse;    /* (bm)      the tile's rows of softmax_lse and Δ */
+    float *delta;  /* (bm) */
 } bwd_scratch;
 
 static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
@@ -235,7 +239,8 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
     bwd_scratch sc = {(float *)(at + o->kt), (float *)(at + o->dk),   (float *)(at + o->vt),
                       (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
                       (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
-                      (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2)};
+                      (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2),
+                      (float *)(at + o->lse), (float *)(at + o->delta)};
     return sc;
 }
 
@@ -403,6 +408,24 @@ static void tile_row(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
         for (int64_t j = 0; j < n; ++j) dpr[j] *= tcr[j];
 }
 
+/* True when the tile needs no per-row work: every row sees every key of the block, with no
+ * softcap, ALiBi or dropout and a finite lse; its lse and Δ are then gathered into sc. */
+static bool plain_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq, int64_t h,
+                       int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+    const fa_problem *p = pl->p;
+    if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || p->dropout_p > 0.0f) return false;
+    int64_t lo, hi, lo_last, hi_first; /* visible ranges grow with i: check the extreme rows */
+    visible_keys(p, seq, i0 + mi - 1, &lo_last, &hi);
+    visible_keys(p, seq, i0, &lo, &hi_first);
+    if (lo_last > j0 || hi_first < j0 + nj) return false;
+    for (int64_t r = 0; r < mi; ++r) {
+        sc->lse[r] = *view_f(&pl->lse, seq->b, seq->q0 + i0 + r, h);
+        sc->delta[r] = *view_f(&pl->dsum, seq->b, seq->q0 + i0 + r, h);
+        if (!(sc->lse[r] < INFINITY)) return false;
+    }
+    return true;
+}
+
 /* q rows [i0, i0 + mi) of head h against the kv block [j0, j0 + nj) held in sc. */
 static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq, int64_t c,
                      int64_t h, int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
@@ -424,9 +447,12 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
         kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
         kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
     }
-    for (int64_t r = 0; r < mi; ++r)
-        tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
-                 sc->tc + r * bn);
+    if (plain_tile(pl, sc, seq, h, i0, mi, j0, nj))
+        kern->probs_and_grads(sc->s, sc->dp, mi, nj, bn, pl->p->scale, sc->lse, sc->delta);
+    else
+        for (int64_t r = 0; r < mi; ++r)
+            tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
+                     sc->tc + r * bn);
     kern->gemm(nj, dv, mi, sc->s, 1, bn, dout, do_ld, sc->dv, dv, true); /* dV += (P∘Z)ᵀ dO */
     kern->gemm(nj, d, mi, sc->dp, 1, bn, q, q_ld, sc->dk, d, true);     /* dK += dSᵀ Q */
     kern->gemm(mi, d, nj, sc->dp, bn, 1, k, d, dq, dq_ld, true);        /* dQ += dS K */

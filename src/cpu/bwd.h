@@ -21,6 +21,10 @@ typedef struct fa_bwd_kernels {
                  const float *B, int64_t ldb, float *C, int64_t ldc, bool accumulate);
     /* x[j] = exp(a * x[j] - b) for j < n. */
     void (*exp_affine)(float *x, int64_t n, float a, float b);
+    /* A tile with every key visible and no softcap, ALiBi or dropout, rows r < m of length n
+     * (row stride ld): s = P = exp(a · s - lse[r]), then dp = dS = P ∘ (dp - delta[r]). */
+    void (*probs_and_grads)(float *s, float *dp, int64_t m, int64_t n, int64_t ld, float a,
+                            const float *lse, const float *delta);
     /* a · b over n, rounded exactly as gemm rounds one element of C (same order, same FMA use),
      * so Δ = dO · O cancels dP = dO · V exactly where O = V (a single visible key). */
     float (*dot)(const float *a, const float *b, int64_t n);
@@ -92,6 +96,19 @@ static inline float fa_bwd_tanhf(float x) {
 }
 
 /* The loops below are instantiated by each ISA file, so each gets its own vector width. */
+static inline void fa_bwd_probs_and_grads_loop(float *s, float *dp, int64_t m, int64_t n,
+                                               int64_t ld, float a, const float *lse,
+                                               const float *delta) {
+    for (int64_t r = 0; r < m; ++r) {
+        float *p = s + r * ld, *g = dp + r * ld;
+        const float b = lse[r], dr = delta[r];
+        for (int64_t j = 0; j < n; ++j) {
+            p[j] = fa_bwd_expf(a * p[j] - b);
+            g[j] = p[j] * (g[j] - dr);
+        }
+    }
+}
+
 static inline void fa_bwd_softcap_loop(float *x, float *tc, int64_t n, float c) {
     for (int64_t j = 0; j < n; ++j) {
         float t = fa_bwd_tanhf(x[j] / c);
@@ -125,6 +142,10 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
     static void name##_exp_affine(float *x, int64_t n, float a, float b) {                       \
         fa_bwd_exp_affine_loop(x, n, a, b);                                                      \
     }                                                                                            \
+    static void name##_probs_and_grads(float *s, float *dp, int64_t m, int64_t n, int64_t ld,    \
+                                       float a, const float *lse, const float *delta) {          \
+        fa_bwd_probs_and_grads_loop(s, dp, m, n, ld, a, lse, delta);                             \
+    }                                                                                            \
     static void name##_softcap(float *x, float *tc, int64_t n, float c) {                        \
         fa_bwd_softcap_loop(x, tc, n, c);                                                        \
     }                                                                                            \
@@ -132,7 +153,8 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                      uint32_t i, uint32_t g0, int64_t ng) {                      \
         fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);                               \
     }                                                                                            \
-    const fa_bwd_kernels name = {gemm_fn,       name##_exp_affine,    dot_fn,                     \
-                                 name##_softcap, name##_dropout_words, gemm_bf16_fn, dot_pairs_fn}
+    const fa_bwd_kernels name = {gemm_fn,        name##_exp_affine,    name##_probs_and_grads,    \
+                                 dot_fn,         name##_softcap,       name##_dropout_words,      \
+                                 gemm_bf16_fn,   dot_pairs_fn}
 
 #endif /* FA_CPU_BWD_H */
