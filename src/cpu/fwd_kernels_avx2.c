@@ -31,8 +31,45 @@ static void load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
     if (i < n) fa_load_row_f32(dtype, (const uint16_t *)src + i, dst + i, n - i);
 }
 
+/* In-register transpose of an 8 x 8 f32 block: r[i] = row i in, column i out. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 8; g += 4) { /* u[g + k]: rows g..g+3, columns k and k + 4 */
+        u[g] = _mm256_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; ++k) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+}
+
+/* Kᵀ panel [d_pad][FA_BLOCK_N] through 8 x 8 register transposes; rows go through f32. */
 static void pack_k_f32(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst) {
-    fa_fwd_pack_k_f32(load_row, dtype, rows, n, d, d_pad, dst);
+    float *kt = dst, block[8][256 + 8]; /* d_pad <= 256, plus the overhang of the last 8 */
+    for (int j0 = 0; j0 < FA_BLOCK_N; j0 += 8) {
+        for (int i = 0; i < 8; ++i) {
+            int done = 0;
+            if (j0 + i < n) {
+                load_row(dtype, rows[j0 + i], block[i], d);
+                done = d;
+            }
+            memset(block[i] + done, 0, (size_t)(d_pad + 8 - done) * sizeof(float));
+        }
+        for (int c0 = 0; c0 < d_pad; c0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(block[i] + c0);
+            transpose8(r);
+            for (int i = 0; i < 8 && c0 + i < d_pad; ++i)
+                _mm256_storeu_ps(kt + (c0 + i) * FA_BLOCK_N + j0, r[i]);
+        }
+    }
 }
 
 static void pack_v_f32(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad,
