@@ -136,14 +136,34 @@ static void item_key_range(const fa_problem *p, const fa_seq *sq, const fa_item 
 }
 
 /* ---------------------------------------------------------------- items */
-static int by_cost_desc(const void *a, const void *b) {
-    const fa_item *x = a, *y = b;
-    if (x->cost != y->cost) return x->cost < y->cost ? 1 : -1;
-    /* ties: keep creation order, so runs are reproducible */
-    if (x->b != y->b) return x->b < y->b ? -1 : 1;
-    if (x->hk != y->hk) return x->hk < y->hk ? -1 : 1;
-    if (x->g0 != y->g0) return x->g0 < y->g0 ? -1 : 1;
-    return x->i0 < y->i0 ? -1 : (x->i0 > y->i0);
+/* Does item x go before item y? Longest first; ties in creation order, so runs reproduce. */
+static bool goes_before(const fa_item *x, const fa_item *y) {
+    if (x->cost != y->cost) return x->cost > y->cost;
+    if (x->b != y->b) return x->b < y->b;
+    if (x->hk != y->hk) return x->hk < y->hk;
+    if (x->g0 != y->g0) return x->g0 < y->g0;
+    return x->i0 < y->i0;
+}
+
+static void sift_down(fa_item *items, int64_t root, int64_t n) {
+    for (int64_t child; (child = 2 * root + 1) < n; root = child) {
+        if (child + 1 < n && goes_before(&items[child], &items[child + 1])) ++child;
+        if (!goes_before(&items[root], &items[child])) return;
+        fa_item t = items[root];
+        items[root] = items[child];
+        items[child] = t;
+    }
+}
+
+/* Heapsort: in place and allocation-free (glibc's qsort may malloc). */
+static void sort_items(fa_item *items, int64_t n) {
+    for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(items, i, n);
+    for (int64_t end = n - 1; end > 0; --end) {
+        fa_item t = items[0];
+        items[0] = items[end];
+        items[end] = t;
+        sift_down(items, 0, end);
+    }
 }
 
 /* Every work item, longest first; -1 if there would be more than the layout planned for. */
@@ -166,7 +186,7 @@ static int64_t build_items(const fa_attn_plan *pl, const fa_layout *L, fa_item *
                     items[n++] = it;
                 }
     }
-    qsort(items, (size_t)n, sizeof *items, by_cost_desc);
+    sort_items(items, n);
     return n;
 }
 
