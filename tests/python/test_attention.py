@@ -131,3 +131,14 @@ def test_different_v_head_dim():
     ref, _, _ = attention_ref(q, k, v, causal=True)
     assert out.shape == (2, 30, 4, 24)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_deterministic_backward_is_bit_reproducible():
+    q, k, v = (torch.randn(2, 300, 4, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 300, 4, 64, dtype=torch.bfloat16)
+    runs = [
+        torch.autograd.grad(flash_attn_func(q, k, v, causal=True, deterministic=True), (q, k, v), g) for _ in range(3)
+    ]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)

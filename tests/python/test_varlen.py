@@ -229,3 +229,14 @@ def test_max_seqlen_as_tensor():
     a = flash_attn_varlen_func(q, k, v, cu, cu, torch.tensor(20, dtype=torch.int32), torch.tensor(20), causal=True)
     b = flash_attn_varlen_func(q, k, v, cu, cu, 20, 20, causal=True)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seed,dtype,d,causal", [(1, F16, 64, True), (2, BF16, 128, False), (3, F32, 59, True)])
+def test_random_lengths(seed, dtype, d, causal):
+    """Random per-sequence lengths (some 0 or 1), q and k lengths drawn independently."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = int(torch.randint(1, 7, (), generator=gen))
+    lens_q = torch.randint(0, 130, (batch,), generator=gen).tolist()
+    lens_k = torch.randint(1, 260, (batch,), generator=gen).tolist()
+    lens_q[0] = 1
+    check_varlen_case(("func", dtype, d, (4, 2), lens_q, lens_k, causal, (-1, -1), 0.0, False))
