@@ -41,8 +41,10 @@ def _get_block_size_n(device, head_dim, is_dropout, is_causal):
     """Upstream's key-block width table (sm80 rules), kept for API compatibility.
 
     Our S_dmask is already normalised (see the module docstring), so decoding it needs no
-    per-block rescaling: the probabilities are S_dmask.abs() and the dropout mask is S_dmask >= 0.
-    Upstream's test helper normalize_flash_attn_S must therefore not be applied to it."""
+    per-block rescaling: the probabilities are S_dmask.abs() and the kept entries are
+    ~torch.signbit(S_dmask) (a dropped 0 is -0.0; upstream's `S_dmask >= 0` differs only there,
+    where the probability is 0). Upstream's test helper normalize_flash_attn_S must not be
+    applied to it."""
     assert head_dim <= 256
     if head_dim <= 32:
         return 128
