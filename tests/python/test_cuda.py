@@ -77,6 +77,34 @@ def test_cuda_graph_capture_and_replay():
         assert torch.equal(static_out, flash_attn_func(q, k, v, causal=True))
 
 
+def test_cuda_graph_capture_of_varlen_forward_backward():
+    """A whole varlen training step (forward + backward) captured and replayed: no host sync."""
+    cu = torch.tensor([0, 50, 120], dtype=torch.int32, device=CUDA)
+    q, k, v = (torch.randn(120, 4, 64, dtype=torch.float16, device=CUDA, requires_grad=True) for _ in range(3))
+    g = torch.randn(120, 4, 64, dtype=torch.float16, device=CUDA)
+
+    def step():
+        out = flash_attn_varlen_func(q, k, v, cu, cu, 70, 70, causal=True)
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_grads = step()
+    with torch.no_grad():
+        for t in (q, k, v, g):
+            t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(static_grads, step()):
+        assert torch.equal(a, b)
+
+
 def test_side_stream():
     q, k, v = (torch.randn(1, 300, 2, 128, dtype=torch.float16, device=CUDA) for _ in range(3))
     expected = flash_attn_func(q, k, v)
