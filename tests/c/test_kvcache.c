@@ -277,8 +277,11 @@ static void test_rotary(void) {
     kvcfg c = kv_basic(FA_DTYPE_F16, 2, 4, 64, 4, 2, 2, 40);
     c.rotary_dim = 16, c.wl = 3, c.wr = 1, c.interleaved = false; /* local: per row */
     kv_check(&c);
-    /* rotary_cos and rotary_sin with different row strides: each read with its own */
-    c = kv_basic(FA_DTYPE_F32, 2, 3, 40, 3, 2, 1, 16);
+}
+
+/* rotary_cos and rotary_sin with different row strides: each must be read with its own. */
+static void test_rotary_tables_with_own_strides(void) {
+    kvcfg c = kv_basic(FA_DTYPE_F32, 2, 3, 40, 3, 2, 1, 16);
     c.rotary_dim = 8, c.causal = true, c.sin_pad = 5;
     kv_check(&c);
 }
@@ -405,7 +408,8 @@ int main(int argc, char **argv) {
         {"strided", test_strided},
         {"strided_equals_contiguous", test_strided_equals_contiguous},
         {"isa_grid", test_isa_grid},
-        /* last: if it reads out of bounds, ASan stops the program here */
+        /* last: where these read out of bounds, ASan stops the program */
+        {"rotary_tables_with_own_strides", test_rotary_tables_with_own_strides},
         {"rotary_positions_past_the_table", test_rotary_positions_past_the_table},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
