@@ -41,7 +41,7 @@ enum {
 /* The main pass aims for this many tasks, splitting keys into chunks (each with its own dQ
  * partial) when there are fewer (sequence, kv head) pairs. It does not depend on the thread
  * count, so neither do the results. */
-#define BWD_MIN_TASKS 32
+#define BWD_MIN_TASKS 64
 /* The dQ partials may grow past one f32 copy of dQ up to this. */
 #define BWD_PARTIALS_MAX_BYTES ((size_t)256 << 20)
 
