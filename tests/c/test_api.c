@@ -4,6 +4,7 @@
  * status strings, versions, ABI introspection, options defaults, contexts.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -461,6 +462,34 @@ static void test_options_and_contexts(void) {
     expect(fa_context_set_num_threads(NULL, 2), FA_ERR_INVALID_ARGUMENT, "ctx", "threads on NULL");
 }
 
+/* The message is per thread: another thread's failure neither shows nor clears it. */
+static void *fail_in_thread(void *arg) {
+    const char **seen = arg;
+    seen[0] = fa_last_error_message()[0] ? "not empty" : "";
+    fa_context_set_num_threads(NULL, 1); /* fails here, with its own message */
+    seen[1] = strstr(fa_last_error_message(), "ctx") ? "ctx" : "missing";
+    return NULL;
+}
+
+static void test_thread_local_messages(void) {
+    fa_options o = fa_options_default();
+    o.dropout_p = 5;
+    size_t bytes;
+    fa_fwd_args a;
+    memset(&a, 0, sizeof a);
+    CHECK(fa_fwd_workspace_size(test_ctx(), &a, &o, &bytes) == FA_ERR_INVALID_ARGUMENT, "empty args");
+    char mine[256];
+    snprintf(mine, sizeof mine, "%s", fa_last_error_message());
+    const char *seen[2] = {NULL, NULL};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, fail_in_thread, seen) == 0, "pthread_create");
+    pthread_join(t, NULL);
+    CHECK(seen[0] && seen[0][0] == '\0', "a new thread sees another thread's message");
+    CHECK(seen[1] && strcmp(seen[1], "ctx") == 0, "the thread's own failure has no message");
+    CHECK(strcmp(mine, fa_last_error_message()) == 0, "another thread changed this thread's "
+          "message: \"%s\" became \"%s\"", mine, fa_last_error_message());
+}
+
 int main(int argc, char **argv) {
     static const test_case tests[] = {
         {"invalid_fwd", test_invalid_fwd},
@@ -470,6 +499,7 @@ int main(int argc, char **argv) {
         {"status_and_version", test_status_and_version},
         {"abi_introspection", test_abi_introspection},
         {"options_and_contexts", test_options_and_contexts},
+        {"thread_local_messages", test_thread_local_messages},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }

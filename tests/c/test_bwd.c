@@ -24,6 +24,15 @@ static void test_seqlens(void) {
             c.causal = n % 2;
             case_check_bwd(&c);
         }
+    /* seqlen_k = 0: every gradient of q is 0 */
+    cfg c = cfg_basic(FA_DTYPE_F16, 2, 9, 0, 2, 1, 16, 16);
+    case_check_bwd(&c);
+    /* one long sequence (f32: the plain oracle in f16 is slow) */
+    if (!test_quick()) {
+        c = cfg_basic(FA_DTYPE_F32, 1, 1025, 1025, 1, 1, 32, 32);
+        c.causal = true;
+        case_check_bwd(&c);
+    }
 }
 
 static void test_head_dims(void) {
