@@ -337,6 +337,10 @@ static void test_paged(void) {
             c.rotary_dim = t == 2 ? 32 : 0;
             kv_check(&c);
         }
+    /* the whole paged cache (no cache_seqlens), with ALiBi */
+    kvcfg c = kv_basic(FA_DTYPE_BF16, 2, 3, 48, 0, 4, 1, 32);
+    c.page_size = 16, c.alibi = 2, c.causal = true;
+    kv_check(&c);
 }
 
 static void test_strided(void) {
