@@ -5,6 +5,9 @@
 #   bash bench/run_device.sh build fwd             # the machine may be fresh: build is quick
 #   bash bench/run_device.sh build bwd decode
 #
+# The machine's copy of the tree may have no .git: prefix the command with
+# FA_GIT_COMMIT=$(git rev-parse HEAD) (expanded here, before the call) so the JSON names the commit.
+#
 # No step names = every step (may not fit one 10-minute call). Each step has its own time limit
 # (STEP_TIMEOUT_<step>, seconds) so one slow step cannot take the others down; results written
 # so far are kept (the Python tool rewrites its JSON after each case). Everything lands in $OUT:
@@ -24,7 +27,8 @@ export FLASHATTN_LIBRARY=$PWD/$BUILD/libflashattn.so PYTHONPATH=$PWD/python${PYT
 
 step_build() {
     { nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'; \
-      lscpu | head -20; git log -1 --oneline; } > "$WORK/machine.txt" 2>&1
+      lscpu | head -20; echo "commit: ${FA_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; } \
+      > "$WORK/machine.txt" 2>&1
     if ! { cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release -DFA_BUILD_TESTS=OFF &&
            cmake --build $BUILD -j"$(nproc)"; }; then
         echo "cuda build failed; building the cpu backend only" >&2

@@ -24,10 +24,13 @@ def _run(cmd: list, cwd=None):
 
 
 def _git() -> dict:
+    """The checkout's commit; a copy without .git (e.g. on a lent machine) can pass FA_GIT_COMMIT."""
     here = os.path.dirname(os.path.abspath(__file__))
     commit = _run(["git", "rev-parse", "HEAD"], cwd=here)
+    if commit is None and os.environ.get("FA_GIT_COMMIT"):
+        return {"commit": os.environ["FA_GIT_COMMIT"], "dirty": None, "source": "FA_GIT_COMMIT"}
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here)
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "source": "git"}
 
 
 def _cpu() -> dict:
