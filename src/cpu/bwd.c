@@ -271,9 +271,9 @@ static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
     bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
     for (int64_t h = 0; h < p->nheads; ++h) {
         float *dout = view_f(&pl->do32, b, t, h);
-        fa_load_row_f32(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
-        fa_load_row_f32(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
-        fa_load_row_f32(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
+        pl->kern->load_row(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
+        pl->kern->load_row(p->dtype, view_at(&pl->q, b, t, h), view_f(&pl->q32, b, t, h), p->d);
+        pl->kern->load_row(p->dtype, view_at(&pl->out, b, t, h), o, p->d_v);
         if (pl->L.pairs) {
             copy_pairs(view_at(&pl->q16, b, t, h), view_at(&pl->q, b, t, h), p->d);
             copy_pairs(view_at(&pl->do16, b, t, h), view_at(&pl->dout, b, t, h), p->d_v);
@@ -291,8 +291,8 @@ static void prep_k_row(const bwd_plan *pl, int64_t r) {
     row_coords(pl, r, p->max_seqlen_k, &b, &t);
     bool live = row_in_sequences(pl, &pl->a->cu_seqlens_k, t);
     for (int64_t h = 0; h < p->nheads_k; ++h) {
-        fa_load_row_f32(p->dtype, view_at(&pl->k, b, t, h), view_f(&pl->k32, b, t, h), p->d);
-        fa_load_row_f32(p->dtype, view_at(&pl->v, b, t, h), view_f(&pl->v32, b, t, h), p->d_v);
+        pl->kern->load_row(p->dtype, view_at(&pl->k, b, t, h), view_f(&pl->k32, b, t, h), p->d);
+        pl->kern->load_row(p->dtype, view_at(&pl->v, b, t, h), view_f(&pl->v32, b, t, h), p->d_v);
         if (!live) {
             memset(view_at(&pl->dk, b, t, h), 0, (size_t)p->d * pl->dk.esize);
             memset(view_at(&pl->dv, b, t, h), 0, (size_t)p->d_v * pl->dv.esize);
@@ -493,8 +493,8 @@ static void store_kv_grads(const bwd_plan *pl, const bwd_scratch *sc, const bwd_
     for (int64_t j = 0; j < nj; ++j) {
         float *dk = sc->dk + j * d;
         for (int64_t c = 0; c < d; ++c) dk[c] *= pl->p->scale;
-        fa_store_row_f32(pl->p->dtype, dk, view_at(&pl->dk, seq->b, seq->k0 + j0 + j, kvh), d);
-        fa_store_row_f32(pl->p->dtype, sc->dv + j * dv,
+        pl->kern->store_row(pl->p->dtype, dk, view_at(&pl->dk, seq->b, seq->k0 + j0 + j, kvh), d);
+        pl->kern->store_row(pl->p->dtype, sc->dv + j * dv,
                          view_at(&pl->dv, seq->b, seq->k0 + j0 + j, kvh), dv);
     }
 }
@@ -552,7 +552,7 @@ static void bwd_reduce_task(void *arg, int64_t task, int thread) {
                 for (int64_t e = 0; e < p->d; ++e) acc[e] += part[e];
             }
             for (int64_t e = 0; e < p->d; ++e) acc[e] *= p->scale;
-            fa_store_row_f32(p->dtype, acc, view_at(&pl->dq, b, t, h), p->d);
+            pl->kern->store_row(p->dtype, acc, view_at(&pl->dq, b, t, h), p->d);
         }
     }
 }
@@ -655,4 +655,5 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL, fa_load_row_f32,
+                    fa_store_row_f32);

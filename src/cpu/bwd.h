@@ -41,6 +41,10 @@ typedef struct fa_bwd_kernels {
     void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
                       const uint32_t *B, int64_t ldb, float *C, int64_t ldc);
     float (*dot_pairs)(const float *a, const float *b, int64_t n);
+    /* fa_load_row_f32 / fa_store_row_f32 (cpu.h), vectorised: the same values, rounded to
+     * nearest even. */
+    void (*load_row)(int32_t dtype, const void *src, float *dst, int64_t n);
+    void (*store_row)(int32_t dtype, const float *src, void *dst, int64_t n);
 } fa_bwd_kernels;
 
 extern const fa_bwd_kernels fa_bwd_kernels_scalar;
@@ -117,6 +121,23 @@ static inline void fa_bwd_softcap_loop(float *x, float *tc, int64_t n, float c) 
     }
 }
 
+/* bf16 <-> f32 as in convert.c, branch-free so that the loops vectorise. */
+static inline void fa_bwd_bf16_load_loop(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, sizeof u);
+    }
+}
+
+static inline void fa_bwd_bf16_store_loop(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? (u >> 16) | 0x40u : rounded);
+    }
+}
+
 static inline void fa_bwd_dropout_words_loop(uint32_t *w, uint64_t seed, uint64_t offset,
                                              uint32_t bh, uint32_t i, uint32_t g0, int64_t ng) {
     for (int64_t g = 0; g < ng; ++g) {
@@ -138,7 +159,7 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
 
 /* Defines the kernel table `name` of one ISA file: its gemm and dot (and bf16 pair kernels or
  * NULL) plus the shared loops above, compiled with that file's flags. */
-#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn, gemm_bf16_fn, dot_pairs_fn)                    \
+#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn, gemm_bf16_fn, dot_pairs_fn, load_fn, store_fn)  \
     static void name##_exp_affine(float *x, int64_t n, float a, float b) {                       \
         fa_bwd_exp_affine_loop(x, n, a, b);                                                      \
     }                                                                                            \
@@ -155,6 +176,7 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
     }                                                                                            \
     const fa_bwd_kernels name = {gemm_fn,        name##_exp_affine,    name##_probs_and_grads,    \
                                  dot_fn,         name##_softcap,       name##_dropout_words,      \
-                                 gemm_bf16_fn,   dot_pairs_fn}
+                                 gemm_bf16_fn,   dot_pairs_fn,         load_fn,                   \
+                                 store_fn}
 
 #endif /* FA_CPU_BWD_H */

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "cpu/bwd.h"
+#include "cpu/cpu.h"
 
 enum { MR = 6, NV_MAX = 2, W = 8 };
 
@@ -70,4 +71,34 @@ static void gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t a
 
 static float dot_avx2(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL);
+/* f16 through F16C, 8 at a time (the tail via convert.c); bf16 by shifts. */
+static void load_row_avx2(int32_t dtype, const void *src, float *dst, int64_t n) {
+    if (dtype != FA_DTYPE_F16) {
+        if (dtype == FA_DTYPE_BF16) fa_bwd_bf16_load_loop(src, dst, n);
+        else memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; ++i) dst[i] = fa_f16_to_f32(h[i]);
+}
+
+static void store_row_avx2(int32_t dtype, const float *src, void *dst, int64_t n) {
+    if (dtype != FA_DTYPE_F16) {
+        if (dtype == FA_DTYPE_BF16) fa_bwd_bf16_store_loop(src, dst, n);
+        else memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; ++i) h[i] = fa_f32_to_f16(src[i]);
+}
+
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL, load_row_avx2,
+                    store_row_avx2);

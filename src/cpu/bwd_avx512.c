@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include "cpu/bwd.h"
+#include "cpu/cpu.h"
 
 enum { MR = 6, NV_MAX = 4, W = 16 };
 #define FA_INLINE static inline __attribute__((always_inline))
@@ -131,7 +132,9 @@ static void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint16_t *A
     }
 }
 
-static float dot_avx512(const float *a, const float *b, int64_t n) { return fa_bwd_dot_fma(a, b, n); }
+static float dot_avx512(const float *a, const float *b, int64_t n) {
+    return fa_bwd_dot_fma(a, b, n);
+}
 
 /* vdpbf16ps adds the odd product of a pair, then the even one, each rounded once (the products
  * of bf16 values are exact): one FMA each, in that order. */
@@ -144,6 +147,39 @@ static float dot_pairs_avx512(const float *a, const float *b, int64_t n) {
     return n % 2 ? fmaf(a[n - 1], b[n - 1], acc) : acc;
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512, gemm_avx512, dot_avx512, NULL, NULL);
+/* f16 through F16C, 16 at a time with masked tails; bf16 by shifts. */
+static void load_row_avx512(int32_t dtype, const void *src, float *dst, int64_t n) {
+    if (dtype == FA_DTYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (dtype == FA_DTYPE_BF16) {
+        fa_bwd_bf16_load_loop(src, dst, n);
+    } else {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i += W) {
+            __mmask16 m = (__mmask16)(n - i >= W ? 0xFFFF : (1u << (n - i)) - 1u);
+            __m256i x = _mm256_maskz_loadu_epi16(m, h + i);
+            _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(x));
+        }
+    }
+}
+
+static void store_row_avx512(int32_t dtype, const float *src, void *dst, int64_t n) {
+    if (dtype == FA_DTYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (dtype == FA_DTYPE_BF16) {
+        fa_bwd_bf16_store_loop(src, dst, n);
+    } else {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i += W) {
+            __mmask16 m = (__mmask16)(n - i >= W ? 0xFFFF : (1u << (n - i)) - 1u);
+            __m256i x = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm256_mask_storeu_epi16(h + i, m, x);
+        }
+    }
+}
+
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512, gemm_avx512, dot_avx512, NULL, NULL, load_row_avx512,
+                    store_row_avx512);
 FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx512_bf16, gemm_avx512, dot_avx512, gemm_bf16_avx512,
-                    dot_pairs_avx512);
+                    dot_pairs_avx512, load_row_avx512, store_row_avx512);
