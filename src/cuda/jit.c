@@ -239,10 +239,16 @@ static fa_status get_cubin(const char *program, const char *defines, const char 
 
 fa_status fa_jit_precompile_one(const char *program, const char *defines, const char *arch,
                                 bool strict) {
-    char *cubin = NULL;
+    FA_FORWARD_IF(fa_cuda_load_nvrtc());
+    const uint64_t key = disk_key(program, defines, arch, fa_cu.driver_version);
     size_t bytes = 0;
+    char *cubin = disk_read(key, &bytes);
+    if (cubin) { /* a valid entry: nothing to do (a damaged one is compiled again) */
+        free(cubin);
+        return FA_OK;
+    }
     FA_FORWARD_IF(compile(program, defines, arch, strict, &cubin, &bytes));
-    disk_write(disk_key(program, defines, arch, fa_cu.driver_version), cubin, bytes);
+    disk_write(key, cubin, bytes);
     free(cubin);
     return FA_OK;
 }

@@ -23,8 +23,8 @@ extern const int fa_cuda_num_sources;
 fa_status fa_jit_kernel(const char *program, const char *defines, const char *arch,
                         const char *kernel_name, CUkernel *kernel);
 
-/* Compiles a variant into the disk cache (no GPU needed). strict: any NVRTC log output (a
- * warning) is an error. */
+/* Compiles a variant into the disk cache (no GPU needed) unless a valid entry is there.
+ * strict: any NVRTC log output (a warning) is an error. */
 fa_status fa_jit_precompile_one(const char *program, const char *defines, const char *arch,
                                 bool strict);
 

@@ -53,8 +53,8 @@ void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max) {
 }
 
 fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
+    FA_FORWARD_IF(fa_cuda_load_nvrtc()); /* first: "" probes for NVRTC */
     FA_RETURN_IF(!arch || !arch[0], FA_ERR_INVALID_ARGUMENT, "arch must be a target like \"sm_80\"");
-    FA_FORWARD_IF(fa_cuda_load_nvrtc());
     fa_cuda_load_driver(); /* only for its version, part of the cache key; may be absent */
     fa_clear_error();
     FA_RETURN_IF(!fa_jit_cache_path()[0], FA_ERR_UNSUPPORTED,
