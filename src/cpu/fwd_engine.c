@@ -1,7 +1,7 @@
 /*
  * fwd_engine.c — the blocked forward (FlashAttention-2, Algorithm 1) on the thread pool.
  * See fwd_engine.h for the decomposition into work items; the steps of one item are
- * load_q -> for each kv block { load_kv, qk, scores_epilogue, online_softmax, dropout, pv }
+ * load_q -> for each kv block { load_kv, qk, scores epilogue, softmax, dropout, pv }
  * -> finish_rows (or write_partial + combine_item when the kv range is split).
  *
  * Numerics: scores live in base 2 (scale * log2(e) folded into one multiplier), m_i/l_i/acc
@@ -227,13 +227,13 @@ static const char *key_row(const fa_run *run, const fa_seq *sq, const char *base
 
 /* Rotary embedding of x[0, rotary_dim) at position pos in f32, rounded to the dtype after
  * (upstream rotates in registers and stores the dtype, for k into the cache and q into smem). */
-void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_t row_stride,
-                   float *x, int64_t pos) {
+void fa_rotate_row(const fa_problem *p, const char *cos, int64_t cos_stride, const char *sin,
+                   int64_t sin_stride, float *x, int64_t pos) {
     int64_t half = p->rotary_dim / 2;
     size_t es = fa_dtype_size(p->dtype);
     float c[128], s[128]; /* rotary_dim <= d <= 256 */
-    fa_load_row_f32(p->dtype, cos + (size_t)(pos * row_stride) * es, c, half);
-    fa_load_row_f32(p->dtype, sin + (size_t)(pos * row_stride) * es, s, half);
+    fa_load_row_f32(p->dtype, cos + (size_t)(pos * cos_stride) * es, c, half);
+    fa_load_row_f32(p->dtype, sin + (size_t)(pos * sin_stride) * es, s, half);
     bool inter = p->opts.rotary_interleaved;
     for (int64_t t = 0; t < half; ++t) {
         int64_t a = inter ? 2 * t : t, b = inter ? 2 * t + 1 : t + half;
@@ -260,7 +260,7 @@ static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
         run->kern->load_row(pl->p->dtype, src, dst, d);
         for (int64_t c = d; c < d_pad; ++c) dst[c] = 0.0f;
         if (pl->p->rotary_dim > 0)
-            fa_rotate_row(pl->p, pl->rot_cos, pl->rot_sin, pl->rot_row, dst,
+            fa_rotate_row(pl->p, pl->rot_cos, pl->rot_cos_row, pl->rot_sin, pl->rot_sin_row, dst,
                           sq->rotary_pos + (pl->rot_q_per_row ? i : 0));
     }
     run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
@@ -328,25 +328,6 @@ static bool block_needs_mask(const fa_problem *p, const fa_seq *sq, const fa_ite
 }
 
 /* ---------------------------------------------------------------- softmax, dropout */
-/* One kv block's online-softmax update of every row; s becomes P (unnormalised, base 2). */
-static void online_softmax(const fa_run *run, float *s, const fa_tile *t, float c) {
-    int64_t dv_pad = run->L->dv_pad;
-    for (int64_t r = 0; r < (int64_t)t->rows.ng * t->rows.nq; ++r) {
-        float *row = s + r * FA_BLOCK_N;
-        float m_blk = run->kern->row_max(row, FA_BLOCK_N) * c;
-        float m_new = m_blk > t->m[r] ? m_blk : t->m[r];
-        if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
-            memset(row, 0, FA_BLOCK_N * sizeof(float));
-            continue;
-        }
-        float alpha = exp2f(t->m[r] - m_new); /* 0 when m[r] = -inf */
-        float sum = run->kern->exp_sum(row, FA_BLOCK_N, c, m_new);
-        t->l[r] = t->l[r] * alpha + sum;
-        t->m[r] = m_new;
-        if (alpha != 1.0f) run->kern->scale_row(t->acc + r * dv_pad, (int)dv_pad, alpha);
-    }
-}
-
 /* Zero the dropped entries of P (the scaling by 1 / (1 - p) happens once at the end). */
 static void apply_dropout(const fa_run *run, const fa_item *it, float *s, int64_t j0) {
     const fa_problem *p = run->pl->p;
@@ -441,7 +422,7 @@ static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *
     } else if (block_needs_mask(p, sq, &t->rows, j0)) {
         scores_mask(run, &t->rows, w->s, j0);
     }
-    online_softmax(run, w->s, t, c);
+    run->kern->softmax(w->s, m, c, t->m, t->l, t->acc, (int)run->L->dv_pad);
     if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, w->s, j0);
     run->kern->pv(w->s, w->vp, m, (int)run->L->dv_pad, t->acc);
 }

@@ -50,7 +50,7 @@ typedef struct fa_attn_plan {
     int64_t alibi_batch;
     /* kvcache rotary on q (rotary_dim = p->rotary_dim; 0 = off) */
     const char *rot_cos, *rot_sin;
-    int64_t rot_row; /* stride of cos/sin rows */
+    int64_t rot_cos_row, rot_sin_row; /* row strides of cos and sin */
     bool rot_q_per_row; /* causal/local: q row i at rotary_pos + i, else all at rotary_pos */
     /* attn_probs (optional; (b, h, i, j) element strides) */
     char *probs;
@@ -67,10 +67,10 @@ fa_seq *fa_engine_seqs(void *ws);
 fa_status fa_engine_run(fa_pool *pool, const fa_attn_plan *plan, int64_t total_q, void *ws,
                         size_t ws_bytes);
 
-/* Rotary of x[0, p->rotary_dim) at row pos of cos/sin (q's dtype, (seqlen_ro, rotary_dim / 2)),
- * interleaved or GPT-NeoX per p->opts, rounded to the dtype. */
-void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_t row_stride,
-                   float *x, int64_t pos);
+/* Rotary of x[0, p->rotary_dim) at row pos of cos/sin (q's dtype, (seqlen_ro, rotary_dim / 2),
+ * row strides given), interleaved or GPT-NeoX per p->opts, rounded to the dtype. */
+void fa_rotate_row(const fa_problem *p, const char *cos, int64_t cos_stride, const char *sin,
+                   int64_t sin_stride, float *x, int64_t pos);
 
 /* ---------------------------------------------------------------- micro-kernels (per ISA) */
 /*
@@ -80,8 +80,10 @@ void fa_rotate_row(const fa_problem *p, const char *cos, const char *sin, int64_
  *   qk: s[m][FA_BLOCK_N] = Q Kᵀ (raw dot products)
  *   pv: acc[m][dv_pad] += p[m][FA_BLOCK_N] · V   (p f32; kernels may round it to bf16)
  *   load_row/store_row: fa_load_row_f32/fa_store_row_f32, vectorised where the ISA can;
- *   row_max: max of n raw scores;  exp_sum: s = 2^(s * c - shift) in place, returns the sum;
- *   2^(-inf) must be exactly 0.
+ *   softmax: one kv block's online-softmax step of m rows of scores s[m][FA_BLOCK_N] (raw
+ *            scores times c are the base-2 logits): m_i = max(m_i, row max), s = P =
+ *            2^(c s - m_i) (exactly 0 for -inf; 0 for a row with nothing visible yet),
+ *            l_i = l_i 2^(m_old - m_i) + sum(P), acc rows [dv_pad] rescaled by the same.
  */
 typedef void (*fa_load_row_fn)(int32_t dtype, const void *src, float *dst, int64_t n);
 typedef struct fa_fwd_kernels {
@@ -96,9 +98,7 @@ typedef struct fa_fwd_kernels {
     void (*pack_v)(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad, void *dst);
     void (*qk)(const void *q, const void *kp, int m, int d_pad, float *s);
     void (*pv)(const float *p, const void *vp, int m, int dv_pad, float *acc);
-    float (*row_max)(const float *s, int n);
-    float (*exp_sum)(float *s, int n, float c, float shift);
-    void (*scale_row)(float *x, int n, float a); /* x *= a */
+    void (*softmax)(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad);
 } fa_fwd_kernels;
 
 /* The f32 operand layouts shared by the f32 kernel sets (fwd_kernels_scalar.c):
@@ -123,9 +123,7 @@ bool fa_cpu_amx_usable(void);
  * bf16 operands: Q [m][d_pad] bf16, K panel [d_pad / 2][FA_BLOCK_N] bf16 pairs along d,
  * V panel [FA_BLOCK_N / 2][dv_pad] bf16 pairs along the keys. */
 void fa_avx512_load_row(int32_t dtype, const void *src, float *dst, int64_t n);
-float fa_avx512_row_max(const float *s, int n);
-float fa_avx512_exp_sum(float *s, int n, float c, float shift);
-void fa_avx512_scale_row(float *x, int n, float a);
+void fa_avx512_softmax(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad);
 void fa_avx512_to_bf16(const float *src, uint16_t *dst, int n); /* n % 16 == 0 */
 void fa_avx512_prep_q_bf16(const float *q, int m, int d, int d_pad, void *dst);
 void fa_avx512_pack_k_bf16(int32_t dtype, const void *const *rows, int n, int d, int d_pad,

@@ -37,7 +37,7 @@ static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
  * after ARCH_REQ_XCOMP_PERM. */
 static void amx_detect(void) {
     const char *env = getenv("FLASHATTN_CPU_ISA");
-    if (!env || strcmp(env, "amx") != 0) return; /* opt-in until verified on AMX hardware */
+    if (env && *env && strcmp(env, "amx") != 0) return;
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
     if (!(d & (1u << 22)) || !(d & (1u << 24))) return;
@@ -147,5 +147,4 @@ const fa_fwd_kernels fa_fwd_kernels_amx_bf16 = {
     .name = "amx_bf16", .d_align = 32, .prepare = amx_prepare, .release = amx_release,
     .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
     .prep_q = fa_avx512_prep_q_bf16, .pack_k = fa_avx512_pack_k_bf16,
-    .pack_v = fa_avx512_pack_v_bf16, .qk = qk_amx, .pv = pv_amx, .row_max = fa_avx512_row_max,
-    .exp_sum = fa_avx512_exp_sum, .scale_row = fa_avx512_scale_row};
+    .pack_v = fa_avx512_pack_v_bf16, .qk = qk_amx, .pv = pv_amx, .softmax = fa_avx512_softmax};

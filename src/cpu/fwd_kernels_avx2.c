@@ -91,15 +91,6 @@ static float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static float row_max(const float *s, int n) {
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    int j = 0;
-    for (; j + 8 <= n; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + j));
-    float r = hmax(mx);
-    for (; j < n; ++j) r = s[j] > r ? s[j] : r;
-    return r;
-}
-
 /* 2^x as in the AVX-512 file; 2^k is built in the exponent bits. x < -126 gives 0. */
 FA_INLINE __m256 exp2_ps(__m256 x) {
     __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_GE_OQ);
@@ -117,20 +108,37 @@ FA_INLINE __m256 exp2_ps(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
 }
 
-static float exp_sum(float *s, int n, float c, float shift) {
-    __m256 vc = _mm256_set1_ps(c), vs = _mm256_set1_ps(shift), sum = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 e = exp2_ps(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vc, vs));
-        _mm256_storeu_ps(s + j, e);
-        sum = _mm256_add_ps(sum, e);
+#define NV (FA_BLOCK_N / 8) /* ymm vectors across a kv block (8) */
+
+static void softmax(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad) {
+    const __m256 vc = _mm256_set1_ps(c);
+    for (int r = 0; r < m; ++r) {
+        float *row = s + r * FA_BLOCK_N;
+        __m256 mx = _mm256_loadu_ps(row);
+        for (int v = 1; v < NV; ++v) mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + 8 * v));
+        float m_blk = hmax(mx) * c;
+        float m_new = m_blk > m_i[r] ? m_blk : m_i[r];
+        if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
+            memset(row, 0, FA_BLOCK_N * sizeof(float));
+            continue;
+        }
+        const __m256 shift = _mm256_set1_ps(m_new);
+        __m256 sum = _mm256_setzero_ps();
+        for (int v = 0; v < NV; ++v) {
+            __m256 p = exp2_ps(_mm256_fmsub_ps(_mm256_loadu_ps(row + 8 * v), vc, shift));
+            _mm256_storeu_ps(row + 8 * v, p);
+            sum = _mm256_add_ps(sum, p);
+        }
+        float alpha = _mm256_cvtss_f32(exp2_ps(_mm256_set1_ps(m_i[r] - m_new))); /* 0 at -inf */
+        l_i[r] = l_i[r] * alpha + hsum(sum);
+        m_i[r] = m_new;
+        if (alpha != 1.0f) {
+            float *o = acc + (size_t)r * dv_pad;
+            const __m256 va = _mm256_set1_ps(alpha);
+            for (int col = 0; col < dv_pad; col += 8)
+                _mm256_storeu_ps(o + col, _mm256_mul_ps(_mm256_loadu_ps(o + col), va));
+        }
     }
-    float r = hsum(sum);
-    for (; j < n; ++j) {
-        s[j] = _mm256_cvtss_f32(exp2_ps(_mm256_set1_ps(s[j] * c - shift)));
-        r += s[j];
-    }
-    return r;
 }
 
 /* s[rows][16 columns] = Q[rows] Kᵀ[:, columns] for rows <= MR. */
@@ -209,14 +217,7 @@ static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
     }
 }
 
-static void scale_row(float *x, int n, float a) {
-    __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), va));
-    for (; i < n; ++i) x[i] *= a;
-}
-
 const fa_fwd_kernels fa_fwd_kernels_avx2 = {
     .name = "avx2", .d_align = 2, .load_row = load_row, .store_row = fa_store_row_f32,
     .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k_f32, .pack_v = pack_v_f32, .qk = qk, .pv = pv,
-    .row_max = row_max, .exp_sum = exp_sum, .scale_row = scale_row};
+    .softmax = softmax};

@@ -47,15 +47,6 @@ void fa_avx512_load_row(int32_t dtype, const void *src, float *dst, int64_t n) {
 }
 
 /* ---------------------------------------------------------------- softmax pieces */
-float fa_avx512_row_max(const float *s, int n) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    int j = 0;
-    for (; j + 16 <= n; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
-    float r = _mm512_reduce_max_ps(mx);
-    for (; j < n; ++j) r = s[j] > r ? s[j] : r;
-    return r;
-}
-
 /* 2^x: x = k + f with k = round(x), |f| <= 1/2; 2^f by a degree-6 polynomial (Cephes exp2f
  * coefficients, ~1 ulp), times 2^k by vscalefps. Inputs below -126 (and -inf) give exactly 0. */
 FA_INLINE __m512 exp2_ps(__m512 x) {
@@ -73,28 +64,37 @@ FA_INLINE __m512 exp2_ps(__m512 x) {
     return _mm512_maskz_scalef_ps(live, p, k);
 }
 
-float fa_avx512_exp_sum(float *s, int n, float c, float shift) {
-    __m512 vc = _mm512_set1_ps(c), vs = _mm512_set1_ps(shift), sum = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m512 e = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vc, vs));
-        _mm512_storeu_ps(s + j, e);
-        sum = _mm512_add_ps(sum, e);
+/* The scores of a row stay in 4 registers from the max through the exponentials. */
+void fa_avx512_softmax(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad) {
+    const __m512 vc = _mm512_set1_ps(c);
+    for (int r = 0; r < m; ++r) {
+        float *row = s + r * FA_BLOCK_N;
+        __m512 x[NV];
+        for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(row + 16 * v);
+        __m512 mx = _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+        float m_blk = _mm512_reduce_max_ps(mx) * c;
+        float m_new = m_blk > m_i[r] ? m_blk : m_i[r];
+        if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
+            for (int v = 0; v < NV; ++v) _mm512_storeu_ps(row + 16 * v, _mm512_setzero_ps());
+            continue;
+        }
+        const __m512 shift = _mm512_set1_ps(m_new);
+        __m512 sum = _mm512_setzero_ps();
+        for (int v = 0; v < NV; ++v) {
+            __m512 p = exp2_ps(_mm512_fmsub_ps(x[v], vc, shift));
+            _mm512_storeu_ps(row + 16 * v, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        float alpha = _mm512_cvtss_f32(exp2_ps(_mm512_set1_ps(m_i[r] - m_new))); /* 0 at -inf */
+        l_i[r] = l_i[r] * alpha + _mm512_reduce_add_ps(sum);
+        m_i[r] = m_new;
+        if (alpha != 1.0f) {
+            float *o = acc + (size_t)r * dv_pad;
+            const __m512 va = _mm512_set1_ps(alpha);
+            for (int col = 0; col < dv_pad; col += 16)
+                _mm512_storeu_ps(o + col, _mm512_mul_ps(_mm512_loadu_ps(o + col), va));
+        }
     }
-    float r = _mm512_reduce_add_ps(sum);
-    for (; j < n; ++j) {
-        __m512 e = exp2_ps(_mm512_set1_ps(s[j] * c - shift));
-        s[j] = _mm512_cvtss_f32(e);
-        r += s[j];
-    }
-    return r;
-}
-
-void fa_avx512_scale_row(float *x, int n, float a) {
-    __m512 va = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), va));
-    for (; i < n; ++i) x[i] *= a;
 }
 
 /* ---------------------------------------------------------------- f32 set */
@@ -239,8 +239,7 @@ static void pv_f32(const float *p, const void *vp, int m, int dv_pad, float *acc
 const fa_fwd_kernels fa_fwd_kernels_avx512 = {
     .name = "avx512", .d_align = 2, .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
     .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k_f32, .pack_v = pack_v_f32, .qk = qk_f32,
-    .pv = pv_f32, .row_max = fa_avx512_row_max, .exp_sum = fa_avx512_exp_sum,
-    .scale_row = fa_avx512_scale_row};
+    .pv = pv_f32, .softmax = fa_avx512_softmax};
 
 /* ---------------------------------------------------------------- bf16 set (vdpbf16ps) */
 /* n f32 values (n % 16 == 0) to bf16, round to nearest even. */
@@ -371,5 +370,4 @@ static void pv_bf16(const float *p, const void *vp, int m, int dv_pad, float *ac
 const fa_fwd_kernels fa_fwd_kernels_avx512_bf16 = {
     .name = "avx512_bf16", .d_align = 2, .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
     .prep_q = fa_avx512_prep_q_bf16, .pack_k = fa_avx512_pack_k_bf16,
-    .pack_v = fa_avx512_pack_v_bf16, .qk = qk_bf16, .pv = pv_bf16, .row_max = fa_avx512_row_max,
-    .exp_sum = fa_avx512_exp_sum, .scale_row = fa_avx512_scale_row};
+    .pack_v = fa_avx512_pack_v_bf16, .qk = qk_bf16, .pv = pv_bf16, .softmax = fa_avx512_softmax};

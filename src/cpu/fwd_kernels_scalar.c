@@ -73,26 +73,29 @@ static void pv(const float *p, const void *vp, int m, int dv_pad, float *acc) {
     }
 }
 
-static float row_max(const float *s, int n) {
-    float mx = -INFINITY;
-    for (int j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-    return mx;
-}
-
-static float exp_sum(float *s, int n, float c, float shift) {
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-        s[j] = exp2f(s[j] * c - shift);
-        sum += s[j];
+static void softmax(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad) {
+    for (int r = 0; r < m; ++r) {
+        float *row = s + r * FA_BLOCK_N, m_blk = -INFINITY, sum = 0.0f;
+        for (int j = 0; j < FA_BLOCK_N; ++j) m_blk = row[j] > m_blk ? row[j] : m_blk;
+        m_blk *= c;
+        float m_new = m_blk > m_i[r] ? m_blk : m_i[r];
+        if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
+            memset(row, 0, FA_BLOCK_N * sizeof(float));
+            continue;
+        }
+        for (int j = 0; j < FA_BLOCK_N; ++j) {
+            row[j] = exp2f(row[j] * c - m_new);
+            sum += row[j];
+        }
+        float alpha = exp2f(m_i[r] - m_new); /* 0 when m_i = -inf */
+        l_i[r] = l_i[r] * alpha + sum;
+        m_i[r] = m_new;
+        if (alpha != 1.0f)
+            for (int col = 0; col < dv_pad; ++col) acc[(size_t)r * dv_pad + col] *= alpha;
     }
-    return sum;
-}
-
-static void scale_row(float *x, int n, float a) {
-    for (int i = 0; i < n; ++i) x[i] *= a;
 }
 
 const fa_fwd_kernels fa_fwd_kernels_scalar = {
     .name = "scalar", .d_align = 2, .load_row = fa_load_row_f32, .store_row = fa_store_row_f32,
     .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k, .pack_v = pack_v, .qk = qk, .pv = pv,
-    .row_max = row_max, .exp_sum = exp_sum, .scale_row = scale_row};
+    .softmax = softmax};

@@ -58,8 +58,8 @@ static void append_task(void *arg, int64_t task, int thread) {
         if (p->rotary_dim > 0) {
             float row[256];
             fa_load_row_f32(p->dtype, k_src, row, p->d);
-            fa_rotate_row(p, a->rotary_cos.data, a->rotary_sin.data, a->rotary_cos.stride[0], row,
-                          pos);
+            fa_rotate_row(p, a->rotary_cos.data, a->rotary_cos.stride[0], a->rotary_sin.data,
+                          a->rotary_sin.stride[0], row, pos);
             fa_store_row_f32(p->dtype, row, k_out, p->d);
         } else {
             memmove(k_out, k_src, (size_t)p->d * es);
@@ -127,7 +127,8 @@ fa_status fa_cpu_kvcache(fa_context *ctx, const fa_problem *p, const fa_kvcache_
     if (p->rotary_dim > 0) {
         pl.rot_cos = a->rotary_cos.data;
         pl.rot_sin = a->rotary_sin.data;
-        pl.rot_row = a->rotary_cos.stride[0];
+        pl.rot_cos_row = a->rotary_cos.stride[0];
+        pl.rot_sin_row = a->rotary_sin.stride[0];
         pl.rot_q_per_row = rot_per_row;
     }
     return fa_engine_run(state->pool, &pl, p->batch * p->max_seqlen_q, ws, ws_bytes);
