@@ -93,6 +93,10 @@ void fa_cuda_leave(const fa_cuda_scope *scope) {
 fa_status fa_cuda_launch(fa_context *ctx, const fa_launch *l, const fa_attn_params *params) {
     fa_cuda_state *state = fa_cuda_state_of(ctx);
     if (l->grid[0] == 0 || l->grid[1] == 0 || l->grid[2] == 0) return FA_OK; /* nothing to do */
+    FA_RETURN_IF(l->grid[1] > 65535 || l->grid[2] > 65535, FA_ERR_UNSUPPORTED,
+                 "cuda: %s needs a grid of (%u, %u, %u) blocks; heads and batch are limited to "
+                 "65535 each on the cuda backend",
+                 l->kernel, l->grid[0], l->grid[1], l->grid[2]);
     FA_RETURN_IF((int)l->smem > state->smem_optin, FA_ERR_UNSUPPORTED,
                  "cuda: %s [%s] needs %u bytes of shared memory; the device allows %d",
                  l->kernel, l->defines, l->smem, state->smem_optin);
