@@ -244,12 +244,7 @@ static bool check_probs(const fcase *fc, const char *desc, const tt *r_probs, co
     }
     /* exp(s - lse) in f32 loses ~|lse| f32 ulps that the plain softmax (exp(s - max) / sum)
      * does not: a floor of a few f32 ulps of max|lse| (probs are <= 1) */
-    double max_lse = 0;
-    for (int64_t n = 0; n < tt_numel(&fc->lse.v); ++n) {
-        tt_unravel(&fc->lse.v, n, idx);
-        double l = tt_get(&fc->lse.v, idx);
-        if (isfinite(l)) max_lse = fmax(max_lse, fabs(l));
-    }
+    double max_lse = tt_max_abs(&fc->lse.v);
     char what[320];
     snprintf(what, sizeof what, "%s |attn_probs|", desc);
     ok = check_rule(what, &lib_abs.v, &r_probs->v, &p_probs->v, 2, 0x1.0p-21 * (1 + max_lse)) && ok;

@@ -331,25 +331,21 @@ void tt_put_n(const fa_tensor *t, double x, int n, const int64_t *idx) {
     tt_set(t, idx, x);
 }
 
-#define FOR_EACH_ELEMENT(t, idx)                                                                   \
-    for (int64_t flat_ = 0, n_ = tt_numel(t); flat_ < n_; ++flat_)                                 \
-        if (tt_unravel((t), flat_, (idx)), 1)
-
 void tt_randn(const tt *t, double scale) {
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(&t->v, idx) tt_set(&t->v, idx, round_to(t->v.dtype, scale * rng_normal()));
+    TT_FOR_EACH(&t->v, idx) tt_set(&t->v, idx, round_to(t->v.dtype, scale * rng_normal()));
 }
 
 void tt_fill(const tt *t, double x) {
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(&t->v, idx) tt_set(&t->v, idx, x);
+    TT_FOR_EACH(&t->v, idx) tt_set(&t->v, idx, x);
 }
 
 void tt_poison(const tt *t) { tt_fill(t, NAN); }
 
 void tt_copy_values(const tt *dst, const fa_tensor *src) {
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(&dst->v, idx) tt_set(&dst->v, idx, tt_get(src, idx));
+    TT_FOR_EACH(&dst->v, idx) tt_set(&dst->v, idx, tt_get(src, idx));
 }
 
 tt tt_clone(const fa_tensor *src, int pad) {
@@ -362,7 +358,7 @@ bool tt_padding_intact(const tt *t) {
     size_t es = dtype_size(t->v.dtype), elems = t->bytes / es;
     unsigned char *in_view = calloc(elems, 1), pattern[8];
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(&t->v, idx) in_view[(size_t)(elem_ptr(&t->v, idx) - t->base) / es] = 1;
+    TT_FOR_EACH(&t->v, idx) in_view[(size_t)(elem_ptr(&t->v, idx) - t->base) / es] = 1;
     fill_pad_pattern(t->v.dtype, pattern);
     bool ok = true;
     for (size_t i = 0; i < elems && ok; ++i)
@@ -377,7 +373,7 @@ bool tt_bits_equal(const fa_tensor *a, const fa_tensor *b) {
         if (a->shape[k] != b->shape[k]) return false;
     size_t es = dtype_size(a->dtype);
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(a, idx) {
+    TT_FOR_EACH(a, idx) {
         if (memcmp(elem_ptr(a, idx), elem_ptr(b, idx), es) != 0) return false;
     }
     return true;
@@ -385,10 +381,27 @@ bool tt_bits_equal(const fa_tensor *a, const fa_tensor *b) {
 
 bool tt_has_nan(const fa_tensor *t) {
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(t, idx) {
+    TT_FOR_EACH(t, idx) {
         if (isnan(tt_get(t, idx))) return true;
     }
     return false;
+}
+
+double tt_max_abs(const fa_tensor *t) {
+    double m = 0;
+    int64_t idx[FA_MAX_DIMS];
+    TT_FOR_EACH(t, idx) {
+        double x = tt_get(t, idx);
+        if (isfinite(x)) m = fmax(m, fabs(x));
+    }
+    return m;
+}
+
+double tt_dot(const fa_tensor *a, const fa_tensor *b) {
+    double sum = 0;
+    int64_t idx[FA_MAX_DIMS];
+    TT_FOR_EACH(a, idx) sum += tt_get(a, idx) * tt_get(b, idx);
+    return sum;
 }
 
 /* ---------------------------------------------------------------- comparisons */
@@ -403,7 +416,7 @@ static double max_err_at(const fa_tensor *a, const fa_tensor *b, int64_t worst[F
     double err = 0;
     int64_t idx[FA_MAX_DIMS];
     memset(worst, 0, sizeof(int64_t) * FA_MAX_DIMS);
-    FOR_EACH_ELEMENT(a, idx) {
+    TT_FOR_EACH(a, idx) {
         double e = elem_err(tt_get(a, idx), tt_get(b, idx));
         if (e > err || (isinf(e) && !isinf(err))) {
             err = e;
@@ -427,15 +440,10 @@ static void format_index(const fa_tensor *t, const int64_t *idx, char *buf, size
 
 bool check_rule(const char *what, const fa_tensor *lib, const fa_tensor *ref,
                 const fa_tensor *plain, double factor, double floor) {
-    int64_t worst[FA_MAX_DIMS], worst_pt[FA_MAX_DIMS], idx[FA_MAX_DIMS];
+    int64_t worst[FA_MAX_DIMS], worst_pt[FA_MAX_DIMS];
     double err = max_err_at(lib, ref, worst);
     double err_pt = max_err_at(plain, ref, worst_pt);
-    double max_ref = 0;
-    FOR_EACH_ELEMENT(ref, idx) {
-        double r = tt_get(ref, idx);
-        if (isfinite(r)) max_ref = fmax(max_ref, fabs(r));
-    }
-    double slack = dtype_eps(lib->dtype) * max_ref; /* one ulp of the output's dtype */
+    double slack = dtype_eps(lib->dtype) * tt_max_abs(ref); /* one ulp of the output's dtype */
     double bound = factor * (isinf(err_pt) ? 0 : err_pt) + 2 * slack + floor;
     bool ok = err <= bound; /* false for NaN and mismatched infinities */
     if (!ok) {
@@ -455,7 +463,7 @@ bool check_rule(const char *what, const fa_tensor *lib, const fa_tensor *ref,
 bool check_close(const char *what, const fa_tensor *lib, const fa_tensor *ref, double atol,
                  double rtol) {
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(lib, idx) {
+    TT_FOR_EACH(lib, idx) {
         double a = tt_get(lib, idx), b = tt_get(ref, idx);
         double e = elem_err(a, b);
         if (!(e <= atol + rtol * fabs(b))) {
@@ -489,6 +497,6 @@ fa_tensor i32_tensor(int32_t *data, int ndim, int64_t n0, int64_t n1) {
 tt alibi_slopes(bool per_batch, int64_t batch, int64_t nheads) {
     tt t = per_batch ? TT(FA_DTYPE_F32, 0, batch, nheads) : TT(FA_DTYPE_F32, 0, nheads);
     int64_t idx[FA_MAX_DIMS];
-    FOR_EACH_ELEMENT(&t.v, idx) tt_set(&t.v, idx, 0.3 * rng_uniform());
+    TT_FOR_EACH(&t.v, idx) tt_set(&t.v, idx, 0.3 * rng_uniform());
     return t;
 }

@@ -109,6 +109,14 @@ tt tt_clone(const fa_tensor *src, int pad);                /* same dtype and val
 bool tt_padding_intact(const tt *t);         /* padding still holds its NaN pattern */
 bool tt_bits_equal(const fa_tensor *a, const fa_tensor *b); /* same shape and dtype */
 bool tt_has_nan(const fa_tensor *t);
+double tt_max_abs(const fa_tensor *t);                  /* over finite elements; 0 if none */
+double tt_dot(const fa_tensor *a, const fa_tensor *b); /* sum of a * b, same shapes */
+
+/* For every element of view t, with idx (int64_t[FA_MAX_DIMS]) holding its index; the body is
+ * one statement. */
+#define TT_FOR_EACH(t, idx)                                                                        \
+    for (int64_t flat_ = 0, n_ = tt_numel(t); flat_ < n_; ++flat_)                                 \
+        if (tt_unravel((t), flat_, (idx)), 1)
 
 /* ---------------------------------------------------------------- comparisons */
 /*

@@ -241,7 +241,7 @@ static void load_token(const fa_tensor *t, int64_t a, int64_t b, double mul, int
 
 static void zero(const fa_tensor *t) {
     int64_t idx[FA_MAX_DIMS];
-    for (int64_t n = 0; n < tt_numel(t); ++n) tt_unravel(t, n, idx), tt_set(t, idx, 0);
+    TT_FOR_EACH(t, idx) tt_set(t, idx, 0);
 }
 
 /* Where the rows of one sequence live: q row i is token (q_a + i, q_b) or (q_a, i) ... */
@@ -466,10 +466,8 @@ void ref_kvcache(const fa_kvcache_args *a, const fa_options *o, int32_t prec,
     int64_t s_new = a->k_new.data ? a->k_new.shape[1] : 0;
     attn A = attn_make(o, prec, h, h_k, d, d_v, s_q, capacity, &a->alibi_slopes);
     int64_t idx[FA_MAX_DIMS];
-    for (int64_t n = 0; n < tt_numel(k_cache); ++n)
-        tt_unravel(k_cache, n, idx), tt_set(k_cache, idx, tt_get(&a->k_cache, idx));
-    for (int64_t n = 0; n < tt_numel(v_cache); ++n)
-        tt_unravel(v_cache, n, idx), tt_set(v_cache, idx, tt_get(&a->v_cache, idx));
+    TT_FOR_EACH(k_cache, idx) tt_set(k_cache, idx, tt_get(&a->k_cache, idx));
+    TT_FOR_EACH(v_cache, idx) tt_set(v_cache, idx, tt_get(&a->v_cache, idx));
     double *tok = xcalloc(h * (d > d_v ? d : d_v));
     /* 1. the append, into the expected caches (every batch row before any attention) */
     for (int64_t b = 0; b < batch; ++b) {

@@ -130,13 +130,7 @@ static void test_packed_views(void) {
 /* Central differences of sum(out * dout) through the library's f32 forward. */
 static double library_loss(fcase *fc) {
     if (!case_run_fwd(fc, test_ctx())) return NAN;
-    double sum = 0;
-    int64_t idx[FA_MAX_DIMS];
-    for (int64_t n = 0; n < tt_numel(&fc->out.v); ++n) {
-        tt_unravel(&fc->out.v, n, idx);
-        sum += tt_get(&fc->out.v, idx) * tt_get(&fc->dout.v, idx);
-    }
-    return sum;
+    return tt_dot(&fc->out.v, &fc->dout.v);
 }
 
 static void fd_library(const cfg *c) {
@@ -150,12 +144,8 @@ static void fd_library(const cfg *c) {
     const tt *x[3] = {&fc.q, &fc.k, &fc.v}, *grad[3] = {&fc.dq, &fc.dk, &fc.dv};
     const double eps = 1e-3;
     for (int i = 0; i < 3; ++i) {
-        double worst = 0, scale = 1;
+        double worst = 0, scale = fmax(1, tt_max_abs(&grad[i]->v));
         int64_t idx[FA_MAX_DIMS];
-        for (int64_t n = 0; n < tt_numel(&x[i]->v); ++n) {
-            tt_unravel(&x[i]->v, n, idx);
-            scale = fmax(scale, fabs(tt_get(&grad[i]->v, idx)));
-        }
         for (int64_t n = 0; n < tt_numel(&x[i]->v); ++n) {
             tt_unravel(&x[i]->v, n, idx);
             double x0 = tt_get(&x[i]->v, idx);
@@ -227,10 +217,7 @@ static void test_threads_agree(void) {
         if (case_run_bwd(&fc, test_ctx_threads(2))) {
             const tt *two[3] = {&fc.dq, &fc.dk, &fc.dv};
             for (int i = 0; i < 3; ++i) {
-                double mag = 0;
-                int64_t idx[FA_MAX_DIMS];
-                for (int64_t n = 0; n < tt_numel(&one[i].v); ++n)
-                    tt_unravel(&one[i].v, n, idx), mag = fmax(mag, fabs(tt_get(&one[i].v, idx)));
+                double mag = tt_max_abs(&one[i].v);
                 char what[64];
                 snprintf(what, sizeof what, "%s d%c 1 vs 2 threads", dtype_name(c.dtype), "qkv"[i]);
                 double ulps = fmax(4 * dtype_eps(c.dtype), 32 * dtype_eps(FA_DTYPE_F32));

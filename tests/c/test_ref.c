@@ -41,13 +41,7 @@ static int tiny_cfgs(int32_t dtype, cfg *out) {
 
 static double loss(const fcase *fc, const tt *out, const tt *lse) {
     ref_fwd(&fc->f, &fc->o, TT_F64, &out->v, &lse->v, NULL);
-    double sum = 0;
-    int64_t idx[FA_MAX_DIMS];
-    for (int64_t n = 0; n < tt_numel(&out->v); ++n) {
-        tt_unravel(&out->v, n, idx);
-        sum += tt_get(&out->v, idx) * tt_get(&fc->dout.v, idx);
-    }
-    return sum;
+    return tt_dot(&out->v, &fc->dout.v);
 }
 
 static void fd_check(const cfg *c) {
@@ -63,12 +57,8 @@ static void fd_check(const cfg *c) {
     const double eps = 1e-5;
     for (int i = 0; i < 3; ++i) {
         const fa_tensor *x = &inputs[i]->v;
-        double worst = 0, scale = 1;
+        double worst = 0, scale = fmax(1, tt_max_abs(&grads[i].v));
         int64_t idx[FA_MAX_DIMS];
-        for (int64_t n = 0; n < tt_numel(x); ++n) {
-            tt_unravel(x, n, idx);
-            scale = fmax(scale, fabs(tt_get(&grads[i].v, idx)));
-        }
         for (int64_t n = 0; n < tt_numel(x); ++n) {
             tt_unravel(x, n, idx);
             double x0 = tt_get(x, idx);
@@ -141,8 +131,7 @@ static void test_closed_forms(void) {
     cfg c = cfg_basic(TT_F64, 1, 3, 4, 2, 1, 2, 3);
     fcase fc = case_make(&c);
     int64_t idx[FA_MAX_DIMS];
-    for (int64_t n = 0; n < tt_numel(&fc.k.v); ++n)
-        tt_unravel(&fc.k.v, n, idx), tt_set(&fc.k.v, idx, idx[3] + 1.0);
+    TT_FOR_EACH(&fc.k.v, idx) tt_set(&fc.k.v, idx, idx[3] + 1.0);
     tt out = tt_make(TT_F64, 0, fc.out.v.ndim, fc.out.v.shape);
     tt lse = tt_make(TT_F64, 0, fc.lse.v.ndim, fc.lse.v.shape);
     ref_fwd(&fc.f, &fc.o, TT_F64, &out.v, &lse.v, NULL);
