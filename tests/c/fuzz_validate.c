@@ -453,6 +453,7 @@ int main(void) {
     uint64_t state = seed_env ? strtoull(seed_env, NULL, 0) : (uint64_t)time(NULL);
     printf("fuzz_validate: seed %llu (FA_TEST_SEED), %.0f s (FUZZ_SECONDS)\n",
            (unsigned long long)state, seconds);
+    fflush(stdout); /* the seed must survive a crash */
     uint8_t buf[512];
     clock_t t0 = clock();
     for (long run = 0; max_runs < 0 || run < max_runs; ++run) {
