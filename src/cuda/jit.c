@@ -153,7 +153,8 @@ static int build_options(const char *arch, const char *defines, char *storage, s
     snprintf(storage, size, "--gpu-architecture=%s", arch);
     options[n++] = storage;
     options[n++] = "-std=c++17";
-    options[n++] = "--minimal"; /* no texture/runtime declarations: faster front end */
+    /* no texture/runtime declarations: a faster front end (an unknown option before 12.4) */
+    if (fa_cu.nvrtc_version >= 12040) options[n++] = "--minimal";
     size_t used = strlen(storage) + 1;
     snprintf(storage + used, size - used, "%s", defines);
     for (char *tok = strtok(storage + used, " "); tok && n < FA_MAX_OPTIONS;
