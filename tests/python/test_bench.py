@@ -111,13 +111,12 @@ def test_wrong_provider_is_reported_not_timed(op):
     case = suites.Case(op, "float32", 40, 37, 37, 2, 4, 2, True)
     x = check.make_inputs(case, "cpu", seed=0)
     ref = check.Reference(case, x)
-    row = runner.run_point(_Broken(), case, [x], ref, "cpu", timing.Budget(), None)
-    assert row["status"] == "wrong" and "time_ms" not in row
-    assert not row["check"]["errors"]["out"]["ok"]
     good = Sdpa(None, devices=("cpu",))
     assert good.availability("cpu") is None
-    row = runner.run_point(good, case, [x], ref, "cpu", timing.Budget(0.0, 0.0), None)
-    assert row["status"] == "ok" and row["check"]["ok"] and row["time_ms"] > 0
+    bad, ok = runner.run_case(case, [_Broken(), good], [x], ref, "cpu", timing.Budget(0.0, 0.0), None)
+    assert bad["status"] == "wrong" and "time_ms" not in bad
+    assert not bad["check"]["errors"]["out"]["ok"]
+    assert ok["status"] == "ok" and ok["check"]["ok"] and ok["time_ms"] > 0 and ok["reps"] >= 3
 
 
 def test_nan_fails_the_check():
@@ -152,3 +151,18 @@ def test_without_optional_extras(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     note = plot.plot({"results": []}, str(tmp_path / "x.png"))
     assert "matplotlib" in note and not (tmp_path / "x.png").exists()
+
+
+def test_interleaved_timing_takes_turns_and_isolates_failures():
+    order = []
+
+    def fails_later():
+        order.append("b")
+        if len(order) > 6:
+            raise RuntimeError("boom")
+
+    times = timing.measure_interleaved(
+        [[lambda: order.append("a")], [fails_later]], "cpu", timing.Budget(0.0, 0.0, min_reps=4)
+    )
+    assert isinstance(times[1], RuntimeError) and len(times[0]) == 4
+    assert "".join(order[4:8]) == "abab"  # after 2 warm-up calls each, timed calls alternate

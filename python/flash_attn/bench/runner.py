@@ -54,28 +54,46 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def run_point(provider, case, sets: list, ref, device: str, budget, copy_bw) -> dict:
-    """Check, then time one (case, provider); the row says what happened."""
+def check_point(provider, case, x: check.Inputs, ref) -> dict:
+    """The row of one (case, provider) after its first call, checked; status "ok" = time it."""
     row = {"provider": provider.name, **case.as_dict(), "status": "ok"}
     reason = provider.supports(case)
     if reason is not None:
         return {**row, "status": "unsupported", "message": reason}
     try:
-        row["check"] = ref.check(_call(provider, case, sets[0]))
-        if not row["check"]["ok"]:
-            return {**row, "status": "wrong", "message": "output differs from the reference"}
-        times = timing.measure([lambda x=x: _call(provider, case, x) for x in sets], device, budget)
+        row["check"] = ref.check(_call(provider, case, x))
     except Exception as e:  # noqa: BLE001 - a failing provider is reported, not fatal
         return {**row, "status": "error", "message": _first_line(e)}
+    if not row["check"]["ok"]:
+        return {**row, "status": "wrong", "message": "output differs from the reference"}
+    return row
+
+
+def _add_times(row: dict, case, times, n_sets: int, copy_bw) -> None:
+    if isinstance(times, Exception):
+        row.update(status="error", message=_first_line(times))
+        return
     t = timing.median(times)
-    row.update(
-        time_ms=t, times_ms=times, reps=len(times), rotated_sets=len(sets), tflops=case.flops() / (t * 1e-3) / 1e12
-    )
+    row.update(time_ms=t, times_ms=times, reps=len(times), rotated_sets=n_sets)
+    row["tflops"] = case.flops() / (t * 1e-3) / 1e12
     if case.op == "decode":
         row["kv_gbps"] = case.kv_bytes() / (t * 1e-3) / 1e9
         if copy_bw:
             row["kv_fraction_of_copy_bw"] = case.kv_bytes() / (t * 1e-3) / copy_bw
-    return row
+
+
+def run_case(case, providers: list, sets: list, ref, device: str, budget, copy_bw, progress=None) -> list:
+    """Checks every provider on one case, then times those that passed, their calls in turns."""
+    rows = []
+    for p in providers:
+        if progress is not None:
+            progress.step(f"{case.label}: {p.name}")
+        rows.append(check_point(p, case, sets[0], ref))
+    timed = [(p, r) for p, r in zip(providers, rows) if r["status"] == "ok"]
+    calls = [[lambda x=x, p=p: _call(p, case, x) for x in sets] for p, _ in timed]
+    for (_, row), times in zip(timed, timing.measure_interleaved(calls, device, budget)):
+        _add_times(row, case, times, len(sets), copy_bw)
+    return rows
 
 
 def run_cases(cases: list, providers: list, device: str, budget, progress, on_case=None) -> list:
@@ -102,9 +120,7 @@ def run_cases(cases: list, providers: list, device: str, budget, progress, on_ca
                     }
                 )
             continue
-        for p in providers:
-            progress.step(f"{case.label}: {p.name}")
-            rows.append(run_point(p, case, sets, ref, device, budget, copy_bw))
+        rows += run_case(case, providers, sets, ref, device, budget, copy_bw, progress)
         del sets, ref
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -115,7 +131,7 @@ def run_cases(cases: list, providers: list, device: str, budget, progress, on_ca
 
 def method(device: str, budget, threads: int) -> dict:
     return {
-        "statistic": "median of per-call times after a warm-up",
+        "statistic": "median of per-call times after a warm-up; the providers of a case take turns",
         "timer": "CUDA events around each call" if device == "cuda" else "time.perf_counter around each call",
         "budget": budget.as_dict(),
         "input_rotation": f"when one input set is smaller than the last-level cache "

@@ -57,36 +57,59 @@ def _sync(device: str) -> None:
 
 def measure(calls: list, device: str, budget: Budget) -> list:
     """Times calls[i % len(calls)]() one by one; returns per-call milliseconds."""
-    n = len(calls)
-    _sync(device)
-    t0, warm = time.perf_counter(), 0
-    while warm < 2 or time.perf_counter() - t0 < budget.warmup_s:
-        calls[warm % n]()
-        warm += 1
+    result = measure_interleaved([calls], device, budget)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def measure_interleaved(calls_per_provider: list, device: str, budget: Budget) -> list:
+    """Like measure for several providers at once, their timed calls taken in turns (A B C A B C
+    ...), so load from other work on the machine hits all of them alike. Returns, per provider,
+    its per-call milliseconds, or the exception one of its calls raised (it is then left out)."""
+    reps = [_warm_up(calls, device, budget) for calls in calls_per_provider]
+    times = [[] if isinstance(r, int) else r for r in reps]
+    for i in range(max((r for r in reps if isinstance(r, int)), default=0)):
+        for p, calls in enumerate(calls_per_provider):
+            if isinstance(times[p], list) and i < reps[p]:
+                try:
+                    times[p].append(_time_one(calls[i % len(calls)], device))
+                except Exception as e:  # noqa: BLE001 - reported for this provider only
+                    times[p] = e
+    _sync(device)  # CUDA: events are read once all calls are queued, as launches overlap
+    return [[_ms(t) for t in ts] if isinstance(ts, list) else ts for ts in times]
+
+
+def _warm_up(calls: list, device: str, budget: Budget):
+    """Warm-up calls; returns how many calls to time (or the exception a call raised)."""
+    try:
         _sync(device)
+        t0, warm = time.perf_counter(), 0
+        while warm < 2 or time.perf_counter() - t0 < budget.warmup_s:
+            calls[warm % len(calls)]()
+            warm += 1
+            _sync(device)
+    except Exception as e:  # noqa: BLE001
+        return e
     per_call = (time.perf_counter() - t0) / warm
-    reps = int(min(budget.max_reps, max(budget.min_reps, budget.rep_s / max(per_call, 1e-9))))
-    return _time_cuda(calls, reps) if device == "cuda" else _time_cpu(calls, reps)
+    return int(min(budget.max_reps, max(budget.min_reps, budget.rep_s / max(per_call, 1e-9))))
 
 
-def _time_cuda(calls: list, reps: int) -> list:
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        starts[i].record()
-        calls[i % len(calls)]()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+def _time_one(call, device: str):
+    """One call: milliseconds on the CPU's wall clock; on a GPU, its (start, end) CUDA events."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        return start, end
+    t = time.perf_counter()
+    call()
+    return (time.perf_counter() - t) * 1e3
 
 
-def _time_cpu(calls: list, reps: int) -> list:
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        calls[i % len(calls)]()
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
+def _ms(t) -> float:
+    return t[0].elapsed_time(t[1]) if isinstance(t, tuple) else t
 
 
 def median(times: list) -> float:
