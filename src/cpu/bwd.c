@@ -18,7 +18,10 @@
  *   dP = dO Vᵀ; with dropout Z = keep / (1 − p) from the forward's Philox stream
  *   dV += (P∘Z)ᵀ dO;  dS = P ∘ (dP∘Z − Δ) [∘ (1 − tanh²) with softcap]
  *   dK += dSᵀ Q;      dQ += dS K          (scale applied once, when dK and dQ are stored)
- * bf16 inputs on AVX512_BF16 compute S and dP from the exact bf16 values on vdpbf16ps.
+ * Row i sees the keys [lo_i, hi_i) of fa_problem's window rule; q blocks that see nothing of a
+ * kv block are skipped, tiles that see all of it (without softcap, ALiBi or dropout) take one
+ * fused exp + dS loop, the others go row by row. bf16 inputs on AVX512_BF16 compute S and dP
+ * from the exact bf16 values on vdpbf16ps.
  *
  * Workspace (fa_cpu_bwd_workspace; nothing is allocated per call): the dQ partials
  * (chunks · rows_q · h · d f32), f32 copies of q, dout (rows_q · h · (d + d_v)) and k, v
