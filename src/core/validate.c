@@ -25,6 +25,19 @@ static fa_status check_tensor(const fa_tensor *t, const char *name, int32_t ndim
     FA_RETURN_IF(t->stride[ndim - 1] != 1, INVALID,
                  "%s.stride[%d] must be 1: the last dimension must be contiguous (got %lld)", name,
                  ndim - 1, (long long)t->stride[ndim - 1]);
+    /* The last element's offset must fit comfortably in int64 bytes, so that no backend's
+     * address arithmetic can overflow. */
+    const int64_t limit = INT64_C(1) << 56;
+    int64_t extent = 0;
+    for (int32_t i = 0; i < ndim; ++i) {
+        if (t->shape[i] <= 1) continue;
+        bool too_far = t->shape[i] >= limit ||
+                       (t->stride[i] > 0 && t->shape[i] - 1 > (limit - extent) / t->stride[i]);
+        FA_RETURN_IF(too_far, INVALID,
+                     "%s.shape[%d] = %lld with stride %lld reaches past 2^56 elements", name, i,
+                     (long long)t->shape[i], (long long)t->stride[i]);
+        extent += (t->shape[i] - 1) * t->stride[i];
+    }
     return FA_OK;
 }
 
