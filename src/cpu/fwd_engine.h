@@ -17,7 +17,7 @@
 
 #include "cpu/cpu.h"
 
-#define FA_BLOCK_N 64   /* keys per kv block (a multiple of 4: one Philox draw covers 4 keys) */
+#define FA_BLOCK_N 64   /* keys per kv block (a multiple of 64: kernels work in 64-key chunks) */
 #define FA_MAX_M 64     /* stacked rows (q heads x q rows) per work item */
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f

@@ -70,37 +70,38 @@ static void amx_prepare(void) {
 static void amx_release(void) { _tile_release(); }
 
 /* ---------------------------------------------------------------- kernels */
-/* s[m][64] = Q Kᵀ; tiles 0-3: S, 4: Q, 5-7: K. */
+/* s[m][FA_BLOCK_N] = Q Kᵀ, 64 keys at a time; tiles 0-3: S, 4: Q, 5-7: K. */
 static void qk_amx(const void *qv, const void *kp, int m, int d_pad, float *s) {
     const uint16_t *q = qv;
-    const uint32_t *k = kp;
     const long k_stride = FA_BLOCK_N * 4, s_stride = FA_BLOCK_N * 4;
-    for (int r0 = 0; r0 < m; r0 += 16) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int c = 0; c < d_pad; c += 32) {
-            const uint32_t *kc = k + (c / 2) * FA_BLOCK_N;
-            _tile_loadd(4, q + (long)r0 * d_pad + c, (long)d_pad * 2);
-            _tile_loadd(5, kc, k_stride);
-            _tile_dpbf16ps(0, 4, 5);
-            _tile_loadd(6, kc + 16, k_stride);
-            _tile_dpbf16ps(1, 4, 6);
-            _tile_loadd(7, kc + 32, k_stride);
-            _tile_dpbf16ps(2, 4, 7);
-            _tile_loadd(5, kc + 48, k_stride);
-            _tile_dpbf16ps(3, 4, 5);
+    for (int r0 = 0; r0 < m; r0 += 16)
+        for (int j0 = 0; j0 < FA_BLOCK_N; j0 += 64) {
+            const uint32_t *k = (const uint32_t *)kp + j0;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int c = 0; c < d_pad; c += 32) {
+                const uint32_t *kc = k + (c / 2) * FA_BLOCK_N;
+                _tile_loadd(4, q + (long)r0 * d_pad + c, (long)d_pad * 2);
+                _tile_loadd(5, kc, k_stride);
+                _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(6, kc + 16, k_stride);
+                _tile_dpbf16ps(1, 4, 6);
+                _tile_loadd(7, kc + 32, k_stride);
+                _tile_dpbf16ps(2, 4, 7);
+                _tile_loadd(5, kc + 48, k_stride);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+            float *sr = s + r0 * FA_BLOCK_N + j0;
+            _tile_stored(0, sr, s_stride);
+            _tile_stored(1, sr + 16, s_stride);
+            _tile_stored(2, sr + 32, s_stride);
+            _tile_stored(3, sr + 48, s_stride);
         }
-        float *sr = s + r0 * FA_BLOCK_N;
-        _tile_stored(0, sr, s_stride);
-        _tile_stored(1, sr + 16, s_stride);
-        _tile_stored(2, sr + 32, s_stride);
-        _tile_stored(3, sr + 48, s_stride);
-    }
 }
 
-/* acc[16 rows][16 nc columns] += P[16 rows][64] V; tiles 0-3: acc, 4: P, 5-7: V. */
+/* acc[16 rows][16 nc columns] += P[16 rows][FA_BLOCK_N] V; tiles 0-3: acc, 4: P, 5-7: V. */
 FA_INLINE void pv_cols(const uint16_t *pr, const uint32_t *v, int dv_pad, float *acc, int nc) {
     const long ld = (long)dv_pad * 4;
     _tile_loadd(0, acc, ld);

@@ -22,7 +22,8 @@
 #include <string.h>
 
 #define MR 6                  /* rows per register block */
-#define NV (FA_BLOCK_N / 16)  /* zmm vectors across a kv block (4) */
+#define NV 4                  /* zmm vectors across a register block: 64 keys or columns */
+#define SV (FA_BLOCK_N / 16)  /* zmm vectors across a kv block */
 #define FA_INLINE static inline __attribute__((always_inline))
 
 /* ---------------------------------------------------------------- conversions */
@@ -69,18 +70,19 @@ void fa_avx512_softmax(float *s, int m, float c, float *m_i, float *l_i, float *
     const __m512 vc = _mm512_set1_ps(c);
     for (int r = 0; r < m; ++r) {
         float *row = s + r * FA_BLOCK_N;
-        __m512 x[NV];
-        for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(row + 16 * v);
-        __m512 mx = _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+        __m512 x[SV];
+        for (int v = 0; v < SV; ++v) x[v] = _mm512_loadu_ps(row + 16 * v);
+        __m512 mx = x[0];
+        for (int v = 1; v < SV; ++v) mx = _mm512_max_ps(mx, x[v]);
         float m_blk = _mm512_reduce_max_ps(mx) * c;
         float m_new = m_blk > m_i[r] ? m_blk : m_i[r];
         if (m_new == -INFINITY) { /* nothing visible yet: P = 0 */
-            for (int v = 0; v < NV; ++v) _mm512_storeu_ps(row + 16 * v, _mm512_setzero_ps());
+            for (int v = 0; v < SV; ++v) _mm512_storeu_ps(row + 16 * v, _mm512_setzero_ps());
             continue;
         }
         const __m512 shift = _mm512_set1_ps(m_new);
         __m512 sum = _mm512_setzero_ps();
-        for (int v = 0; v < NV; ++v) {
+        for (int v = 0; v < SV; ++v) {
             __m512 p = exp2_ps(_mm512_fmsub_ps(x[v], vc, shift));
             _mm512_storeu_ps(row + 16 * v, p);
             sum = _mm512_add_ps(sum, p);
@@ -182,8 +184,9 @@ FA_INLINE void qk_block_f32(const float *q, const float *kt, int d_pad, float *s
         for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * FA_BLOCK_N + 16 * v, acc[r][v]);
 }
 
-static void qk_f32(const void *qv, const void *kp, int m, int d_pad, float *s) {
-    const float *q = qv;
+/* s[m][64 keys from kt] (row stride FA_BLOCK_N) for one 64-key chunk of the panel. */
+static void qk_chunk_f32(const float *q, const float *kt, int m, int d_pad, float *s) {
+    const float *kp = kt;
     int r = 0;
     for (; r + MR <= m; r += MR) qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, MR);
     switch (m - r) {
@@ -194,6 +197,11 @@ static void qk_f32(const void *qv, const void *kp, int m, int d_pad, float *s) {
     case 1: qk_block_f32(q + r * d_pad, kp, d_pad, s + r * FA_BLOCK_N, 1); break;
     default: break;
     }
+}
+
+static void qk_f32(const void *q, const void *kp, int m, int d_pad, float *s) {
+    for (int jc = 0; jc < FA_BLOCK_N; jc += 16 * NV)
+        qk_chunk_f32(q, (const float *)kp + jc, m, d_pad, s + jc);
 }
 
 /* acc[rows][cols] += P[rows][64] V[64][cols], cols = 16 * nv, for rows <= MR. */
@@ -311,8 +319,7 @@ FA_INLINE void qk_block_bf16(const uint32_t *q, const uint32_t *kp, int d2, floa
         for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * FA_BLOCK_N + 16 * v, acc[r][v]);
 }
 
-static void qk_bf16(const void *qv, const void *kp, int m, int d_pad, float *s) {
-    const uint32_t *q = qv;
+static void qk_chunk_bf16(const uint32_t *q, const uint32_t *kp, int m, int d_pad, float *s) {
     int d2 = d_pad / 2, r = 0;
     for (; r + MR <= m; r += MR) qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, MR);
     switch (m - r) {
@@ -323,6 +330,11 @@ static void qk_bf16(const void *qv, const void *kp, int m, int d_pad, float *s) 
     case 1: qk_block_bf16(q + r * d2, kp, d2, s + r * FA_BLOCK_N, 1); break;
     default: break;
     }
+}
+
+static void qk_bf16(const void *q, const void *kp, int m, int d_pad, float *s) {
+    for (int jc = 0; jc < FA_BLOCK_N; jc += 16 * NV)
+        qk_chunk_bf16(q, (const uint32_t *)kp + jc, m, d_pad, s + jc);
 }
 
 /* acc[rows][16 nv] += P[rows][64] V with P as bf16 pairs [rows][32] and V [32][dv_pad][2]. */
