@@ -2,9 +2,10 @@
  * loader.c — finds libcuda and libnvrtc at run time and resolves a fixed table of entry points.
  *
  * Search order for each library: the env override (FLASHATTN_LIBCUDA / FLASHATTN_NVRTC, a full
- * path), a copy already loaded in this process (e.g. by torch), the nvidia/<pkg>/lib folders
- * beside the torch installation that is loaded in this process (the pip wheels:
- * nvidia/cu13/lib, nvidia/cuda_nvrtc/lib), then the system loader path and /usr/local/cuda.
+ * path), a copy already loaded in this process (e.g. by torch), the nvidia/<pkg>/lib folders of
+ * the pip wheels (nvidia/cu13/lib, nvidia/cuda_nvrtc/lib) beside the torch installation or the
+ * flash_attn package loaded in this process, or in any site-packages folder an object was
+ * loaded from, then the system loader path and /usr/local/cuda.
  * CUDA 12.x and 13.x are both accepted (sonames .12 and .13).
  */
 #include <dlfcn.h>
@@ -29,35 +30,52 @@ static fa_lib_state driver_state = {PTHREAD_ONCE_INIT, FA_OK, ""};
 static fa_lib_state nvrtc_state = {PTHREAD_ONCE_INIT, FA_OK, ""};
 
 /* ---------------------------------------------------------------- finding files */
-typedef struct torch_dir_search {
-    char dir[512]; /* .../site-packages (the parent of torch/) */
-} torch_dir_search;
+/* Python package folders of the objects loaded in this process: the parent of torch/lib or
+ * flash_attn/lib (torch's, or our own wheel's library), or any site-packages folder. The pip
+ * wheels of the CUDA libraries live in <that folder>/nvidia/<pkg>/lib. */
+#define FA_MAX_SITE_DIRS 8
 
-static int find_torch_cb(struct dl_phdr_info *info, size_t size, void *data) {
-    (void)size;
-    torch_dir_search *search = data;
-    const char *name = info->dlpi_name;
-    const char *hit = name ? strstr(name, "/torch/lib/") : NULL;
-    if (!hit || search->dir[0]) return 0;
-    size_t len = (size_t)(hit - name);
-    if (len >= sizeof search->dir) return 0;
-    memcpy(search->dir, name, len);
-    search->dir[len] = '\0';
-    return 1;
+typedef struct site_dirs {
+    char dir[FA_MAX_SITE_DIRS][512];
+    int n;
+} site_dirs;
+
+static void add_site_dir(site_dirs *sites, const char *path, size_t len) {
+    if (len >= sizeof sites->dir[0] || sites->n == FA_MAX_SITE_DIRS) return;
+    for (int i = 0; i < sites->n; ++i)
+        if (strlen(sites->dir[i]) == len && strncmp(sites->dir[i], path, len) == 0) return;
+    memcpy(sites->dir[sites->n], path, len);
+    sites->dir[sites->n++][len] = '\0';
 }
 
-/* Tries each file matching pattern under the torch site-packages folder. */
-static void *dlopen_beside_torch(const char *pattern) {
-    torch_dir_search search = {{0}};
-    dl_iterate_phdr(find_torch_cb, &search);
-    if (!search.dir[0]) return NULL;
-    char full[768];
-    snprintf(full, sizeof full, "%s/nvidia/*/lib/%s", search.dir, pattern);
-    glob_t found;
+static int find_sites_cb(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    const char *name = info->dlpi_name;
+    if (!name || !name[0]) return 0;
+    static const char *const below[] = {"/torch/lib/", "/flash_attn/lib/"};
+    for (int i = 0; i < 2; ++i) {
+        const char *hit = strstr(name, below[i]);
+        if (hit) add_site_dir(data, name, (size_t)(hit - name));
+    }
+    static const char *const sites[] = {"/site-packages/", "/dist-packages/"};
+    for (int i = 0; i < 2; ++i) {
+        const char *hit = strstr(name, sites[i]);
+        if (hit) add_site_dir(data, name, (size_t)(hit - name) + strlen(sites[i]) - 1);
+    }
+    return 0;
+}
+
+/* Tries each file matching pattern in <site>/nvidia/<pkg>/lib, newest version first. */
+static void *dlopen_from_wheels(const char *pattern) {
+    site_dirs sites = {.n = 0};
+    dl_iterate_phdr(find_sites_cb, &sites); /* collect first: no dlopen under the loader lock */
     void *handle = NULL;
-    if (glob(full, 0, NULL, &found) == 0) {
-        /* Highest version last in glob order: try from the end. */
-        for (size_t i = found.gl_pathc; i-- > 0 && !handle;)
+    for (int d = 0; d < sites.n && !handle; ++d) {
+        char full[768];
+        snprintf(full, sizeof full, "%s/nvidia/*/lib/%s", sites.dir[d], pattern);
+        glob_t found;
+        if (glob(full, 0, NULL, &found) != 0) continue;
+        for (size_t i = found.gl_pathc; i-- > 0 && !handle;) /* glob sorts: newest last */
             handle = dlopen(found.gl_pathv[i], RTLD_NOW | RTLD_LOCAL);
         globfree(&found);
     }
@@ -66,7 +84,7 @@ static void *dlopen_beside_torch(const char *pattern) {
 
 /* names: sonames to try, most preferred first; NULL-terminated. */
 static void *open_library(const char *env_name, const char *const *names,
-                          const char *torch_pattern, char *reason, size_t reason_size) {
+                          const char *wheel_pattern, char *reason, size_t reason_size) {
     const char *env = getenv(env_name);
     if (env && env[0]) {
         void *handle = dlopen(env, RTLD_NOW | RTLD_LOCAL);
@@ -77,8 +95,8 @@ static void *open_library(const char *env_name, const char *const *names,
         void *handle = dlopen(*n, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
         if (handle) return handle;
     }
-    if (torch_pattern) {
-        void *handle = dlopen_beside_torch(torch_pattern);
+    if (wheel_pattern) {
+        void *handle = dlopen_from_wheels(wheel_pattern);
         if (handle) return handle;
     }
     for (const char *const *n = names; *n; ++n) {
@@ -86,8 +104,8 @@ static void *open_library(const char *env_name, const char *const *names,
         if (handle) return handle;
     }
     snprintf(reason, reason_size,
-             "%s not found (looked at $%s, the process, torch's nvidia/*/lib, the system path "
-             "and /usr/local/cuda)", names[0], env_name);
+             "%s not found (looked at $%s, the process, nvidia/*/lib beside torch, flash_attn "
+             "and site-packages, the system path and /usr/local/cuda)", names[0], env_name);
     return NULL;
 }
 
