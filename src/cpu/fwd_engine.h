@@ -3,12 +3,15 @@
  *
  * The operations only describe where things live (fa_attn_plan + one fa_seq per sequence);
  * the engine (fwd_engine.c) does the rest:
- *   work item = (sequence b, kv head hk, a chunk of its GQA group's q heads, a block of q rows),
- *               stacked as M <= FA_MAX_M rows so one packed K/V block serves every q head of
- *               the group and every q row of the block;
- *   per kv block of FA_BLOCK_N keys: pack K/V (any dtype, paged or not) into f32/bf16 panels,
- *   S = Q Kᵀ (micro-kernel), masks/softcap/ALiBi only where needed, online softmax in base 2,
- *   dropout, acc += P V (micro-kernel); fully masked kv blocks are never visited.
+ *   tile      = up to FA_MAX_M stacked rows: a chunk of one GQA group's q heads x q rows, so
+ *               one packed K/V block serves every q head of the group (decode: the whole
+ *               group as the M rows of one tile);
+ *   work item = (sequence b, kv head hk, head chunk, up to 4 consecutive tiles of q rows)
+ *               sharing each packed kv block; a tile skips the blocks it cannot see;
+ *   per kv block of FA_BLOCK_N keys: pack K/V (any dtype, paged or not) into the kernel
+ *   set's panels (f32, or bf16 pairs for vdpbf16ps / AMX), S = Q Kᵀ (micro-kernel),
+ *   masks/softcap/ALiBi only where needed, online softmax in base 2, dropout,
+ *   acc += P V (micro-kernel); fully masked kv blocks are never visited.
  * Split-KV cuts an item's kv blocks into num_splits ranges whose (o, lse) partials are merged
  * by LSE afterwards. Items are handed out longest first through the pool's atomic counter.
  */
@@ -18,7 +21,7 @@
 #include "cpu/cpu.h"
 
 #define FA_BLOCK_N 64   /* keys per kv block (a multiple of 64: kernels work in 64-key chunks) */
-#define FA_MAX_M 64     /* stacked rows (q heads x q rows) per work item */
+#define FA_MAX_M 64     /* stacked rows (q heads x q rows) per tile */
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 
