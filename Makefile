@@ -8,7 +8,7 @@ LIB := $(CURDIR)/$(BUILD)/libflashattn.so
 # Run the Python package from the source tree against the library built here.
 PYENV := FLASHATTN_LIBRARY=$(LIB) PYTHONPATH=$(CURDIR)/python
 
-.PHONY: all build build-asan deps test test-c test-asan test-python test-gpu precompile demo bench clean
+.PHONY: all build build-asan deps test test-c test-asan test-python test-precompile test-gpu demo bench clean
 
 all: build
 
@@ -24,17 +24,28 @@ build-asan:
 deps:
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
-test: test-c test-asan test-python
+test: test-c test-asan test-python test-precompile
 
 test-c: build
-	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) -LE precompile
 
 test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  FA_TEST_QUICK=1 ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS)
+	  FA_TEST_QUICK=1 ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS) -LE precompile
 
 test-python: build deps
 	$(PYENV) $(PYTHON) -m pytest tests/python -q -ra
+
+# Every shipped cuda kernel variant through NVRTC for sm_80 and sm_90a, with no GPU and an empty
+# cache, so a kernel that fails to compile (or warns) fails the tests. libnvrtc comes from the
+# nvidia-cuda-nvrtc wheel, installed into the build folder.
+NVRTC_DIR := $(CURDIR)/$(BUILD)/nvrtc
+test-precompile: build
+	test -e $(NVRTC_DIR)/nvidia/cu13/lib/libnvrtc.so.13 || \
+	  $(PYTHON) -m pip install -q --no-deps --target $(NVRTC_DIR) "nvidia-cuda-nvrtc==13.0.*"
+	cache=$$(mktemp -d) && FLASHATTN_NVRTC=$(NVRTC_DIR)/nvidia/cu13/lib/libnvrtc.so.13 \
+	  FLASHATTN_CACHE_DIR=$$cache $(PYENV) $(PYTHON) -m flash_attn precompile --arch sm_80 --arch sm_90a; \
+	  status=$$?; rm -rf $$cache; exit $$status
 
 # GPU tests skip without a GPU.
 test-gpu: build
