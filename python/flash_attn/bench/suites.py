@@ -100,7 +100,7 @@ def default_grid(suite: str, device: str) -> Grid:
                 (False, True),
                 16384,
                 2048,
-                (8192, 32768),
+                (4096, 16384),
                 4,
                 (32, 8),
             )
