@@ -266,8 +266,10 @@ static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
     run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
 }
 
-/* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded). */
-static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0) {
+/* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded);
+ * rowwise: K as plain rows for qk_rows. */
+static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
+                    bool rowwise) {
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
@@ -277,7 +279,10 @@ static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, i
         k_rows[j] = key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
         v_rows[j] = key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j);
     }
-    run->kern->pack_k(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
+    if (rowwise)
+        run->kern->pack_v(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
+    else
+        run->kern->pack_k(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
     run->kern->pack_v(p->dtype, v_rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
 }
 
@@ -410,11 +415,15 @@ static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
 }
 
 /* One kv block for one tile: S = Q Kᵀ, epilogue, online softmax, dropout, acc += P V. */
-static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *w, int64_t j0) {
+static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *w, int64_t j0,
+                         bool rowwise) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[t->rows.b];
     int m = t->rows.ng * (int)t->rows.nq;
-    run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+    if (rowwise)
+        run->kern->qk_rows(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+    else
+        run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
     float c = p->scale * FA_LOG2E;
     if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f)) {
         scores_full(run, &t->rows, w->s, j0);
@@ -443,11 +452,13 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
         item_key_range(p, sq, &tiles[k].rows, &lo_t[k], &hi_t[k]);
         load_q(run, &tiles[k], w.qf);
     }
+    bool rowwise = run->kern->qk_rows && n_tiles == 1 && it->ng * it->nq <= FA_ROWWISE_M;
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
-        load_kv(run, it, &w, j0);
+        load_kv(run, it, &w, j0, rowwise);
         for (int k = 0; k < n_tiles; ++k)
-            if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) attend_block(run, &tiles[k], &w, j0);
+            if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k])
+                attend_block(run, &tiles[k], &w, j0, rowwise);
     }
     for (int k = 0; k < n_tiles; ++k) {
         if (splits > 1)

@@ -22,6 +22,7 @@
 
 #define FA_BLOCK_N 64   /* keys per kv block (a multiple of 64: kernels work in 64-key chunks) */
 #define FA_MAX_M 64     /* stacked rows (q heads x q rows) per tile */
+#define FA_ROWWISE_M 2  /* tiles this small use qk_rows where the kernel set has it */
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 
@@ -100,6 +101,9 @@ typedef struct fa_fwd_kernels {
     void (*pack_k)(int32_t dtype, const void *const *rows, int n, int d, int d_pad, void *dst);
     void (*pack_v)(int32_t dtype, const void *const *rows, int n, int dv, int dv_pad, void *dst);
     void (*qk)(const void *q, const void *kp, int m, int d_pad, float *s);
+    /* optional, for tiles of <= FA_ROWWISE_M rows (decode without GQA): qk with K packed by
+     * pack_v as rows [FA_BLOCK_N][d_pad], which costs less than transposing it */
+    void (*qk_rows)(const void *q, const void *k_rows, int m, int d_pad, float *s);
     void (*pv)(const float *p, const void *vp, int m, int dv_pad, float *acc);
     void (*softmax)(float *s, int m, float c, float *m_i, float *l_i, float *acc, int dv_pad);
 } fa_fwd_kernels;

@@ -204,6 +204,31 @@ static void qk_f32(const void *q, const void *kp, int m, int d_pad, float *s) {
         qk_chunk_f32(q, (const float *)kp + jc, m, d_pad, s + jc);
 }
 
+/* s[m][FA_BLOCK_N] from K rows [FA_BLOCK_N][d_pad]: one dot product per (row, key), four keys
+ * at a time; for one or two rows this beats transposing K into a panel. */
+static void qk_rows_f32(const void *qv, const void *kv, int m, int d_pad, float *s) {
+    const float *q = qv, *k = kv;
+    int tail = d_pad % 16;
+    __mmask16 last = (__mmask16)((1u << tail) - 1u);
+    for (int r = 0; r < m; ++r)
+        for (int j = 0; j < FA_BLOCK_N; j += 4) {
+            __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                           _mm512_setzero_ps()};
+            int c = 0;
+            for (; c + 16 <= d_pad; c += 16) {
+                __m512 x = _mm512_loadu_ps(q + r * d_pad + c);
+                for (int t = 0; t < 4; ++t)
+                    a[t] = _mm512_fmadd_ps(x, _mm512_loadu_ps(k + (j + t) * d_pad + c), a[t]);
+            }
+            if (tail) {
+                __m512 x = _mm512_maskz_loadu_ps(last, q + r * d_pad + c);
+                for (int t = 0; t < 4; ++t)
+                    a[t] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(last, k + (j + t) * d_pad + c), a[t]);
+            }
+            for (int t = 0; t < 4; ++t) s[r * FA_BLOCK_N + j + t] = _mm512_reduce_add_ps(a[t]);
+        }
+}
+
 /* acc[rows][cols] += P[rows][64] V[64][cols], cols = 16 * nv, for rows <= MR. */
 FA_INLINE void pv_block_f32(const float *p, const float *v, int dv_pad, float *acc, const int rows,
                             const int nv) {
@@ -247,6 +272,7 @@ static void pv_f32(const float *p, const void *vp, int m, int dv_pad, float *acc
 const fa_fwd_kernels fa_fwd_kernels_avx512 = {
     .name = "avx512", .d_align = 2, .load_row = fa_avx512_load_row, .store_row = fa_store_row_f32,
     .prep_q = fa_fwd_prep_q_f32, .pack_k = pack_k_f32, .pack_v = pack_v_f32, .qk = qk_f32,
+    .qk_rows = qk_rows_f32,
     .pv = pv_f32, .softmax = fa_avx512_softmax};
 
 /* ---------------------------------------------------------------- bf16 set (vdpbf16ps) */
