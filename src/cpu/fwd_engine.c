@@ -103,10 +103,10 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     return L;
 }
 
-static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype);
+static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, const fa_problem *p);
 
 size_t fa_engine_workspace(const fa_problem *p, fa_cpu_isa isa, int num_threads, int64_t total_q) {
-    return make_layout(p, pick_kernels(isa, p->dtype), num_threads, total_q).total;
+    return make_layout(p, pick_kernels(isa, p), num_threads, total_q).total;
 }
 
 static char *aligned_base(void *ws) { return (char *)align64((size_t)(uintptr_t)ws); }
@@ -567,22 +567,24 @@ static void probs_task(void *arg, int64_t bh, int thread) {
 
 /* ---------------------------------------------------------------- entry */
 /* bf16 inputs run on AMX tiles where granted, else on vdpbf16ps with AVX512_BF16; f16 and f32
- * (and bf16 elsewhere) on f32 FMAs. */
-static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, int32_t dtype) {
+ * (and bf16 elsewhere) on f32 FMAs. Tiles of one or two rows (decode without GQA) have too
+ * little to multiply for 16-row AMX tiles or K panels: they take the f32 set's dot products. */
+static const fa_fwd_kernels *pick_kernels(fa_cpu_isa isa, const fa_problem *p) {
 #if defined(FA_HAVE_X86)
-    if (isa == FA_ISA_AVX512_BF16 && dtype == FA_DTYPE_BF16)
+    bool few_rows = p->nheads / p->nheads_k * p->max_seqlen_q <= FA_ROWWISE_M;
+    if (isa == FA_ISA_AVX512_BF16 && p->dtype == FA_DTYPE_BF16 && !few_rows)
         return fa_cpu_amx_usable() ? &fa_fwd_kernels_amx_bf16 : &fa_fwd_kernels_avx512_bf16;
     if (isa == FA_ISA_AVX512 || isa == FA_ISA_AVX512_BF16) return &fa_fwd_kernels_avx512;
     if (isa == FA_ISA_AVX2) return &fa_fwd_kernels_avx2;
 #endif
     (void)isa;
-    (void)dtype;
+    (void)p;
     return &fa_fwd_kernels_scalar;
 }
 
 fa_status fa_engine_run(fa_pool *pool, const fa_attn_plan *pl, int64_t total_q, void *ws,
                         size_t ws_bytes) {
-    const fa_fwd_kernels *kern = pick_kernels(pl->isa, pl->p->dtype);
+    const fa_fwd_kernels *kern = pick_kernels(pl->isa, pl->p);
     fa_layout L = make_layout(pl->p, kern, pl->num_threads, total_q);
     FA_RETURN_IF(ws_bytes < L.total, FA_ERR_WORKSPACE_TOO_SMALL,
                  "cpu forward: workspace_bytes must be >= %zu (got %zu)", L.total, ws_bytes);
