@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rep-ms", type=float, default=200.0)
     p.add_argument("--min-reps", type=int, default=3)
     p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time providers one after the other instead of in turns (quiet machines; no "
+        "interference between providers' CPU thread pools)",
+    )
+    p.add_argument(
         "--out", default="bench-results", help="folder for <suite>.json, .txt (table), .md (markdown table), .png"
     )
     p.add_argument("--replot", metavar="JSON", help="print the table and redraw the PNG of a run")
@@ -111,7 +117,7 @@ def run_suite(args, suite: str, device: str, threads: int, argv: list) -> dict:
 
     usable, skipped = prov.select(args.providers, device)
     cases = suites.expand(_grid(args, suite, device))
-    budget = timing.Budget(args.warmup_ms / 1e3, args.rep_ms / 1e3, args.min_reps)
+    budget = timing.Budget(args.warmup_ms / 1e3, args.rep_ms / 1e3, args.min_reps, interleave=not args.sequential)
     doc = {
         "schema": runner.SCHEMA,
         "suite": suite,

@@ -91,7 +91,11 @@ def run_case(case, providers: list, sets: list, ref, device: str, budget, copy_b
         rows.append(check_point(p, case, sets[0], ref))
     timed = [(p, r) for p, r in zip(providers, rows) if r["status"] == "ok"]
     calls = [[lambda x=x, p=p: _call(p, case, x) for x in sets] for p, _ in timed]
-    for (_, row), times in zip(timed, timing.measure_interleaved(calls, device, budget)):
+    if budget.interleave:
+        times_per_provider = timing.measure_interleaved(calls, device, budget)
+    else:  # one provider after the other: no provider's thread pool can disturb another's
+        times_per_provider = [timing.measure_interleaved([c], device, budget)[0] for c in calls]
+    for (_, row), times in zip(timed, times_per_provider):
         _add_times(row, case, times, len(sets), copy_bw)
     return rows
 
@@ -131,7 +135,8 @@ def run_cases(cases: list, providers: list, device: str, budget, progress, on_ca
 
 def method(device: str, budget, threads: int) -> dict:
     return {
-        "statistic": "median of per-call times after a warm-up; the providers of a case take turns",
+        "statistic": "median of per-call times after a warm-up",
+        "interleaved": "the providers of a case take turns call by call" if budget.interleave else "no",
         "timer": "CUDA events around each call" if device == "cuda" else "time.perf_counter around each call",
         "budget": budget.as_dict(),
         "input_rotation": f"when one input set is smaller than the last-level cache "

@@ -23,6 +23,7 @@ class Budget:
     rep_s: float = 0.2  # timed time per point (at least min_reps calls)
     min_reps: int = 3
     max_reps: int = 100
+    interleave: bool = True  # providers of a case take turns (robust to load from other work)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
