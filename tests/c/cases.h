@@ -4,8 +4,8 @@
  * A cfg names the axes that matter (dtype, shapes, masks, layout); case_make draws fresh
  * random inputs for it and wires the library's argument structs. case_check_fwd/bwd run the
  * library with poisoned outputs and check it against the float64 reference with flash-attn's
- * rule (2x the plain same-dtype error for out/lse, 3x for gradients), NaN-free, with the padding
- * of every strided tensor untouched.
+ * rule (2x the plain same-dtype error for out/lse, 3x with softcap as in FA3's tests, 3x for
+ * gradients), NaN-free, with the padding of every strided tensor untouched.
  */
 #ifndef FA_TEST_CASES_H
 #define FA_TEST_CASES_H
@@ -29,6 +29,12 @@ typedef struct cfg {
     uint64_t seed;       /* dropout rng */
 } cfg;
 
+/* A random cfg over every axis (for the fwd; bwd = true keeps to what the backward takes:
+ * no paging, seqused_k, leftpad_k or attn_probs). Shapes stay small. */
+cfg cfg_random(bool bwd);
+/* How many random cfgs a test draws: FA_TEST_RANDOM, else `dflt` (a quarter when quick). */
+int random_case_count(int dflt);
+
 /* A cfg with every option off: no window, default scale, contiguous, batched. */
 cfg cfg_basic(int32_t dtype, int64_t batch, int64_t s_q, int64_t s_k, int64_t h, int64_t h_k,
               int64_t d, int64_t d_v);
@@ -51,6 +57,12 @@ void case_free(fcase *fc);
 bool case_run_fwd(fcase *fc, fa_context *ctx);
 /* Runs fa_bwd (needs the forward's out and lse in fc); gradients poisoned first. */
 bool case_run_bwd(fcase *fc, fa_context *ctx);
+
+/* The f32 rounding of softmax arguments of size |lse| (exp(s - lse) recomputed from the lse, or
+ * exp2 of scaled scores): about 4 * 2^-24 * (1 + max|lse|) relative, at the scale of max|ref|.
+ * The plain implementation, exp(s - max) / sum, does not have it; it matters only in f32, where
+ * the plain error is tiny (flash-attn itself tests fp16/bf16 only). */
+double softmax_floor(const fa_tensor *lse, const fa_tensor *ref);
 
 /* Full checks against the reference; each returns true when everything held. */
 bool case_check_fwd(const cfg *c);

@@ -229,6 +229,14 @@ static void test_threads_agree(void) {
     }
 }
 
+/* Random combinations of every axis the backward takes (FA_TEST_RANDOM of them). */
+static void test_random_configs(void) {
+    for (int i = random_case_count(16); i > 0; --i) {
+        cfg c = cfg_random(true);
+        case_check_bwd(&c);
+    }
+}
+
 /* A short mix: what `ctest -L isa` runs on each instruction set. */
 static void test_isa_grid(void) {
     const int64_t dims[4] = {8, 59, 64, 128};
@@ -254,6 +262,7 @@ int main(int argc, char **argv) {
         {"finite_differences", test_finite_differences},
         {"deterministic", test_deterministic},
         {"threads_agree", test_threads_agree},
+        {"random_configs", test_random_configs},
         {"isa_grid", test_isa_grid},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));

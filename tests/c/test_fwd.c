@@ -222,6 +222,14 @@ static void test_threads_agree(void) {
     }
 }
 
+/* Random combinations of every axis (FA_TEST_RANDOM of them; the seed picks them). */
+static void test_random_configs(void) {
+    for (int i = random_case_count(24); i > 0; --i) {
+        cfg c = cfg_random(false);
+        case_check_fwd(&c);
+    }
+}
+
 /* A mix of everything, short: what `ctest -L isa` runs on each instruction set. */
 static void test_isa_grid(void) {
     const int64_t dims[5] = {8, 59, 64, 128, 256};
@@ -248,6 +256,7 @@ int main(int argc, char **argv) {
         {"paged", test_paged},
         {"strided_equals_contiguous", test_strided_equals_contiguous},
         {"threads_agree", test_threads_agree},
+        {"random_configs", test_random_configs},
         {"isa_grid", test_isa_grid},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
