@@ -22,7 +22,10 @@ static fa_status check_tensor(const fa_tensor *t, const char *name, int32_t ndim
         FA_RETURN_IF(t->stride[i] < 0, INVALID, "%s.stride[%d] must be >= 0 (got %lld)", name, i,
                      (long long)t->stride[i]);
     }
-    FA_RETURN_IF(t->stride[ndim - 1] != 1, INVALID,
+    bool empty = false;
+    for (int32_t i = 0; i < ndim; ++i) empty = empty || t->shape[i] == 0;
+    /* A last dimension of one element, or no element at all, has no stride to speak of. */
+    FA_RETURN_IF(t->stride[ndim - 1] != 1 && !empty && t->shape[ndim - 1] > 1, INVALID,
                  "%s.stride[%d] must be 1: the last dimension must be contiguous (got %lld)", name,
                  ndim - 1, (long long)t->stride[ndim - 1]);
     /* The last element's offset must fit comfortably in int64 bytes, so that no backend's
@@ -457,6 +460,20 @@ static fa_status check_kvcache_new(const fa_kvcache_args *a, fa_problem *p) {
     return FA_OK;
 }
 
+/* q row i is rotated at cache_seqlens[b] + i when causal or local (else at cache_seqlens[b]),
+ * which passes the end of rotary_cos when s_q > s_new; upstream reads out of bounds there. */
+static fa_status check_q_rotary(const fa_kvcache_args *a, const fa_problem *p, int64_t b,
+                                int64_t seqlen) {
+    if (p->rotary_dim == 0) return FA_OK;
+    int64_t row = (p->is_causal || p->is_local) ? p->max_seqlen_q - 1 : 0;
+    FA_RETURN_IF(seqlen + row >= a->rotary_cos.shape[0], INVALID,
+                 "rotary_cos.shape[0] (seqlen_ro) must be > %lld: q row %lld of sequence %lld is "
+                 "rotated at cache_seqlens[%lld] + %lld (got %lld)",
+                 (long long)(seqlen + row), (long long)row, (long long)b, (long long)b,
+                 (long long)row, (long long)a->rotary_cos.shape[0]);
+    return FA_OK;
+}
+
 /* Every row's keys [leftpad, seqlen + s_new) must fit the cache and its pages. */
 static fa_status check_kvcache_contents(const fa_kvcache_args *a, const fa_problem *p) {
     for (int64_t b = 0; b < p->batch; ++b) {
@@ -479,6 +496,7 @@ static fa_status check_kvcache_contents(const fa_kvcache_args *a, const fa_probl
         }
         if (p->paged)
             FA_FORWARD_IF(check_block_rows(&a->block_table, b, end, p->page_size, a->k_cache.shape[0]));
+        FA_FORWARD_IF(check_q_rotary(a, p, b, seqlen));
     }
     return FA_OK;
 }

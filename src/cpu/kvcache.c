@@ -84,26 +84,9 @@ static fa_seq cache_seq(const fa_problem *p, const fa_kvcache_args *a, int64_t b
     return sq;
 }
 
-/* q row i of sequence b is rotated at cache_seqlens[b] + i (causal/local), which can pass the
- * end of rotary_cos when s_q > s_new; upstream reads out of bounds there, we refuse. */
-static fa_status check_q_rotary(const fa_problem *p, const fa_kvcache_args *a, bool per_row) {
-    int64_t rows = a->rotary_cos.shape[0];
-    for (int64_t b = 0; b < p->batch; ++b) {
-        int64_t last = at(&a->cache_seqlens, b) + (per_row ? p->max_seqlen_q - 1 : 0);
-        FA_RETURN_IF(last >= rows, FA_ERR_INVALID_ARGUMENT,
-                     "rotary_cos.shape[0] (seqlen_ro) must be > %lld: q row %lld of sequence %lld "
-                     "is rotated at cache_seqlens[%lld] + %lld (got %lld)",
-                     (long long)last, (long long)(per_row ? p->max_seqlen_q - 1 : 0), (long long)b,
-                     (long long)b, (long long)(per_row ? p->max_seqlen_q - 1 : 0), (long long)rows);
-    }
-    return FA_OK;
-}
-
 fa_status fa_cpu_kvcache(fa_context *ctx, const fa_problem *p, const fa_kvcache_args *a, void *ws,
                          size_t ws_bytes) {
     fa_cpu_state *state = fa_cpu_state_of(ctx);
-    bool rot_per_row = p->is_causal || p->is_local;
-    if (p->rotary_dim > 0) FA_FORWARD_IF(check_q_rotary(p, a, rot_per_row));
     if (p->has_new_kv && p->seqlen_new > 0) {
         fa_append ap = {p, a};
         fa_pool_run(state->pool, p->batch * p->seqlen_new, append_task, &ap);
@@ -129,7 +112,7 @@ fa_status fa_cpu_kvcache(fa_context *ctx, const fa_problem *p, const fa_kvcache_
         pl.rot_sin = a->rotary_sin.data;
         pl.rot_cos_row = a->rotary_cos.stride[0];
         pl.rot_sin_row = a->rotary_sin.stride[0];
-        pl.rot_q_per_row = rot_per_row;
+        pl.rot_q_per_row = p->is_causal || p->is_local; /* else every q row at cache_seqlens */
     }
     return fa_engine_run(state->pool, &pl, p->batch * p->max_seqlen_q, ws, ws_bytes);
 }
