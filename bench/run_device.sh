@@ -47,11 +47,15 @@ step_decode() { step_suite decode cuda; }
 # Per-step limits keep each suggested group of steps under one 10-minute device call.
 declare -A LIMIT=([build]=100 [cbench]=140 [cpu]=280 [fwd]=450 [bwd]=300 [decode]=150)
 finish() {
-    for f in "$WORK"/machine.txt "$WORK"/fa_bench.txt "$WORK"/{cpu,fwd,bwd,decode}.txt; do
+    for j in "$WORK"/*/*.json; do  # a suite cut off by its time limit: table and plot of what it measured
+        [ -f "$j" ] && [ ! -f "${j%.json}.png" ] && $PY -m flash_attn bench --replot "$j" > "${j%.json}.replot.txt" 2>&1
+    done
+    for f in "$WORK"/machine.txt "$WORK"/fa_bench.txt "$WORK"/{cpu,fwd,bwd,decode}.txt \
+             "$WORK"/*/*.replot.txt; do
         [ -f "$f" ] && { echo "=== $(basename "$f")"; cat "$f"; }
     done > "$OUT/summary-$TAG.txt"
     for s in "${STEPS[@]}"; do
-        echo "=== step $s, last lines"; tail -n 3 "$WORK/step-$s.log" 2>/dev/null
+        echo "=== step $s, last lines"; tail -c 2000 "$WORK/step-$s.log" 2>/dev/null | tr '\r' '\n' | tail -n 3
     done >> "$OUT/summary-$TAG.txt"
     tar -czf "$OUT/bench-$TAG.tar.gz" -C "$(dirname "$WORK")" "$(basename "$WORK")"
 }
