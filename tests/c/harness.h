@@ -121,11 +121,10 @@ double tt_dot(const fa_tensor *a, const fa_tensor *b); /* sum of a * b, same sha
 /* ---------------------------------------------------------------- comparisons */
 /*
  * flash-attn's rule (tests/test_flash_attn.py): max|lib - ref| <= factor * max|plain - ref|
- * + atol, where ref is the float64 truth and plain the same-dtype implementation. atol is a
- * slack in the spirit of FA3's tests (2 * |(ref + 0.3 - 0.3) - ref|, one rounding of the
- * output): two ulps of the output's dtype at max|ref|, plus `floor`. It matters only where the
- * plain implementation is exact (e.g. one visible key). Positions where ref is +-inf must match
- * exactly; NaN never passes.
+ * + atol, where ref is the float64 truth and plain the same-dtype implementation. atol is
+ * FA3's slack (2 * max|(ref + 0.3 - 0.3) - ref|: one rounding of the output), taken as
+ * eps(dtype) * max|ref|, plus `floor`. It matters where the plain implementation is exact (e.g.
+ * one visible key). Positions where ref is +-inf must match exactly; NaN never passes.
  * Returns true when it holds; otherwise reports the worst element.
  */
 bool check_rule(const char *what, const fa_tensor *lib, const fa_tensor *ref,

@@ -389,6 +389,34 @@ static void test_strided_equals_contiguous(void) {
     }
 }
 
+/* Random combinations of every kvcache axis (FA_TEST_RANDOM of them). */
+static void test_random_configs(void) {
+    for (int i = random_case_count(16); i > 0; --i) {
+        int64_t dims[6] = {8, 16, 40, 59, 64, 128};
+        int64_t heads[3][2] = {{4, 4}, {6, 2}, {6, 1}};
+        int hi = (int)rng_int(0, 2);
+        int64_t d = dims[rng_int(0, 5)];
+        kvcfg c = kv_basic(k_dtypes[rng_int(0, 2)], rng_int(1, 4), rng_int(1, 12),
+                           rng_int(8, 120), rng_int(0, 6), heads[hi][0], heads[hi][1], d);
+        c.d_v = rng_int(0, 2) ? d : dims[rng_int(0, 5)];
+        c.pad = (int)rng_int(0, 1) * (int)rng_int(1, 3);
+        c.causal = rng_int(0, 1);
+        if (rng_int(0, 2) == 0) c.wl = (int)rng_int(1, 40), c.wr = (int)rng_int(-1, 10);
+        c.softcap = rng_int(0, 3) ? 0 : 15.0f;
+        c.alibi = (int)rng_int(0, 2);
+        c.seqlens = c.s_new > 0 || rng_int(0, 1);
+        if (c.s_new > 0 && rng_int(0, 1)) {
+            c.rotary_dim = 2 * rng_int(1, d / 2 > 0 ? d / 2 : 1);
+            c.interleaved = rng_int(0, 1);
+        }
+        c.page_size = rng_int(0, 2) ? 0 : (int)rng_int(1, 32);
+        c.batch_idx = !c.page_size && rng_int(0, 1);
+        c.leftpad = !c.page_size && rng_int(0, 2) == 0;
+        c.num_splits = (int)rng_int(0, 4);
+        kv_check(&c);
+    }
+}
+
 static void test_isa_grid(void) {
     for (int t = 0; t < 3; ++t)
         for (int v = 0; v < 3; ++v) {
@@ -409,6 +437,7 @@ int main(int argc, char **argv) {
         {"paged", test_paged},
         {"strided", test_strided},
         {"strided_equals_contiguous", test_strided_equals_contiguous},
+        {"random_configs", test_random_configs},
         {"isa_grid", test_isa_grid},
         /* last: where these read out of bounds, ASan stops the program */
         {"rotary_tables_with_own_strides", test_rotary_tables_with_own_strides},
