@@ -47,8 +47,9 @@ test-precompile: build
 	  FLASHATTN_CACHE_DIR=$$cache $(PYENV) $(PYTHON) -m flash_attn precompile --arch sm_80 --arch sm_90a; \
 	  status=$$?; rm -rf $$cache; exit $$status
 
-# GPU tests skip without a GPU.
-test-gpu: build
+# GPU tests (tests/gpu) skip without a GPU: the C grids on the cuda backend, then the Python ones.
+test-gpu: build deps
+	ctest --test-dir $(BUILD) --output-on-failure -L gpu -LE precompile
 	$(PYENV) $(PYTHON) -m pytest tests/gpu -q -ra
 
 demo: build deps
