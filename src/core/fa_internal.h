@@ -54,6 +54,9 @@ typedef enum fa_alibi_mode {
  *     bounds >= max_seqlen_k become -1, and causal is dropped when max_seqlen_q == 1 without
  *     ALiBi (as flash-attn does; it is equivalent).
  *   - is_causal = (left < 0 && right == 0); is_local = a window bound set and not is_causal.
+ *     After is_causal is decided, a one-sided window gets max_seqlen_k on its open side
+ *     (flash-attn's rule; it differs from unbounded only when s_q > s_k + 1), so both bounds
+ *     are -1 or both are >= 0.
  * Key j is visible from query i of a sequence with lengths (s_q, s_k) iff
  *     (left  < 0 || j >= i + s_k - s_q - left) && (right < 0 || j <= i + s_k - s_q + right).
  * Score: s = scale * q.k; softcap: s = softcap * tanh(s / softcap); ALiBi adds
