@@ -5,7 +5,9 @@
  * gemm: a register-blocked C (+)= A·B. A block of MR rows × NV vectors of 16 columns stays in
  * zmm accumulators for the whole K loop: per k, NV loads of B, MR broadcasts of A and MR·NV
  * FMAs. Column tails use masked loads/stores (masked-off lanes are never touched, so nothing is
- * read past a row); row tails recompute the last row and skip its stores.
+ * read past a row). A row tail of up to MR_TAIL rows takes a block of MR_TAIL rows (64 = 10·6 +
+ * 4: no wasted FMAs at the tile sizes bwd.c uses); a longer one recomputes its last row and
+ * skips its stores.
  *
  * gemm_bf16 (AVX512_BF16 hosts, bf16 inputs): the same block on vdpbf16ps, which multiplies
  * pairs of bf16 along K and adds both products into f32 lanes: twice the FLOPs per instruction.
@@ -15,7 +17,7 @@
 #include "cpu/bwd.h"
 #include "cpu/cpu.h"
 
-enum { MR = 6, NV_MAX = 4, W = 16 };
+enum { MR = 6, MR_TAIL = 4, NV_MAX = 4, W = 16 };
 #define FA_INLINE static inline __attribute__((always_inline))
 
 /* Masks of the nv = ceil(cols / W) vectors of a column block (cols <= NV_MAX · W). */
@@ -27,23 +29,24 @@ FA_INLINE int column_masks(int64_t cols, __mmask16 mask[NV_MAX]) {
     return nv;
 }
 
-FA_INLINE void store_block(const int nv, int64_t mr, float *C, int64_t ldc,
+FA_INLINE void store_block(const int nv, const int rows, int64_t mr, float *C, int64_t ldc,
                            const __mmask16 mask[NV_MAX], __m512 acc[MR][NV_MAX]) {
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < rows; ++r) {
         if (r >= mr) break;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) _mm512_mask_storeu_ps(C + r * ldc + v * W, mask[v], acc[r][v]);
     }
 }
 
-FA_INLINE void gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs,
-                          int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc,
-                          const __mmask16 mask[NV_MAX], bool accumulate) {
+/* rows (MR or MR_TAIL, a constant) × nv vectors; mr <= rows of them are real. */
+FA_INLINE void gemm_block(const int nv, const int rows, int64_t mr, int64_t K, const float *A,
+                          int64_t a_rs, int64_t a_cs, const float *B, int64_t ldb, float *C,
+                          int64_t ldc, const __mmask16 mask[NV_MAX], bool accumulate) {
     __m512 acc[MR][NV_MAX];
     const float *a[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < rows; ++r) {
         a[r] = A + (r < mr ? r : mr - 1) * a_rs;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)
@@ -55,13 +58,26 @@ FA_INLINE void gemm_block(const int nv, int64_t mr, int64_t K, const float *A, i
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], B + k * ldb + v * W);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < rows; ++r) {
             __m512 x = _mm512_set1_ps(a[r][k * a_cs]);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
         }
     }
-    store_block(nv, mr, C, ldc, mask, acc);
+    store_block(nv, rows, mr, C, ldc, mask, acc);
+}
+
+/* One block of nv vectors (a run-time value made constant, so each case gets its own unrolled
+ * register block). */
+FA_INLINE void gemm_block_nv(const int rows, int nv, int64_t mr, int64_t K, const float *A,
+                             int64_t a_rs, int64_t a_cs, const float *B, int64_t ldb, float *C,
+                             int64_t ldc, const __mmask16 mask[NV_MAX], bool accumulate) {
+    switch (nv) {
+    case 1: gemm_block(1, rows, mr, K, A, a_rs, a_cs, B, ldb, C, ldc, mask, accumulate); break;
+    case 2: gemm_block(2, rows, mr, K, A, a_rs, a_cs, B, ldb, C, ldc, mask, accumulate); break;
+    case 3: gemm_block(3, rows, mr, K, A, a_rs, a_cs, B, ldb, C, ldc, mask, accumulate); break;
+    default: gemm_block(4, rows, mr, K, A, a_rs, a_cs, B, ldb, C, ldc, mask, accumulate); break;
+    }
 }
 
 static void gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_rs,
@@ -74,23 +90,21 @@ static void gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t
             int64_t mr = M - m0 < MR ? M - m0 : MR;
             const float *a = A + m0 * a_rs, *b = B + n0;
             float *c = C + m0 * ldc + n0;
-            switch (nv) { /* constant nv: each case unrolls into its own register block */
-            case 1: gemm_block(1, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
-            case 2: gemm_block(2, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
-            case 3: gemm_block(3, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
-            default: gemm_block(4, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate); break;
-            }
+            if (mr <= MR_TAIL)
+                gemm_block_nv(MR_TAIL, nv, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate);
+            else
+                gemm_block_nv(MR, nv, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, mask, accumulate);
         }
     }
 }
 
-FA_INLINE void gemm_bf16_block(const int nv, int64_t mr, int64_t K2, const uint16_t *A,
-                               int64_t lda, const uint32_t *B, int64_t ldb, float *C,
-                               int64_t ldc, const __mmask16 mask[NV_MAX]) {
+FA_INLINE void gemm_bf16_block(const int nv, const int rows, int64_t mr, int64_t K2,
+                               const uint16_t *A, int64_t lda, const uint32_t *B, int64_t ldb,
+                               float *C, int64_t ldc, const __mmask16 mask[NV_MAX]) {
     __m512 acc[MR][NV_MAX];
     const uint16_t *a[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < rows; ++r) {
         a[r] = A + (r < mr ? r : mr - 1) * lda;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -100,7 +114,7 @@ FA_INLINE void gemm_bf16_block(const int nv, int64_t mr, int64_t K2, const uint1
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) b[v] = _mm512_maskz_loadu_epi32(mask[v], B + k * ldb + v * W);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < rows; ++r) {
             uint32_t pair;
             memcpy(&pair, a[r] + 2 * k, sizeof pair);
             __m512i x = _mm512_set1_epi32((int)pair);
@@ -109,7 +123,18 @@ FA_INLINE void gemm_bf16_block(const int nv, int64_t mr, int64_t K2, const uint1
                 acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)x, (__m512bh)b[v]);
         }
     }
-    store_block(nv, mr, C, ldc, mask, acc);
+    store_block(nv, rows, mr, C, ldc, mask, acc);
+}
+
+FA_INLINE void gemm_bf16_block_nv(const int rows, int nv, int64_t mr, int64_t K2,
+                                  const uint16_t *A, int64_t lda, const uint32_t *B, int64_t ldb,
+                                  float *C, int64_t ldc, const __mmask16 mask[NV_MAX]) {
+    switch (nv) {
+    case 1: gemm_bf16_block(1, rows, mr, K2, A, lda, B, ldb, C, ldc, mask); break;
+    case 2: gemm_bf16_block(2, rows, mr, K2, A, lda, B, ldb, C, ldc, mask); break;
+    case 3: gemm_bf16_block(3, rows, mr, K2, A, lda, B, ldb, C, ldc, mask); break;
+    default: gemm_bf16_block(4, rows, mr, K2, A, lda, B, ldb, C, ldc, mask); break;
+    }
 }
 
 static void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
@@ -122,12 +147,8 @@ static void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K2, const uint16_t *A
             const uint16_t *a = A + m0 * lda;
             const uint32_t *b = B + n0;
             float *c = C + m0 * ldc + n0;
-            switch (nv) {
-            case 1: gemm_bf16_block(1, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
-            case 2: gemm_bf16_block(2, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
-            case 3: gemm_bf16_block(3, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
-            default: gemm_bf16_block(4, mr, K2, a, lda, b, ldb, c, ldc, mask); break;
-            }
+            if (mr <= MR_TAIL) gemm_bf16_block_nv(MR_TAIL, nv, mr, K2, a, lda, b, ldb, c, ldc, mask);
+            else gemm_bf16_block_nv(MR, nv, mr, K2, a, lda, b, ldb, c, ldc, mask);
         }
     }
 }
