@@ -45,6 +45,9 @@ enum {
  * partial) when there are fewer (sequence, kv head) pairs. It does not depend on the thread
  * count, so neither do the results. */
 #define BWD_MIN_TASKS 64
+/* A chunk spans at least this many kv blocks: each chunk's dQ partial is zeroed, accumulated
+ * into and summed once more, memory traffic worth amortising over enough keys. */
+#define BWD_MIN_CHUNK_BLOCKS 4
 /* The dQ partials may grow past one f32 copy of dQ up to this. */
 #define BWD_PARTIALS_MAX_BYTES ((size_t)256 << 20)
 
@@ -188,7 +191,8 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bw
     int64_t owners = p->batch * p->nheads_k;
     int64_t want = ceil_div(BWD_MIN_TASKS, owners);
     int64_t kv_blocks = ceil_div(p->max_seqlen_k, BWD_BLOCK_N);
-    int64_t chunks = want < kv_blocks ? want : kv_blocks;
+    int64_t most = ceil_div(kv_blocks, BWD_MIN_CHUNK_BLOCKS);
+    int64_t chunks = want < most ? want : most;
     size_t cap = dq_bytes > BWD_PARTIALS_MAX_BYTES ? dq_bytes : BWD_PARTIALS_MAX_BYTES;
     if (dq_bytes > 0 && (size_t)chunks > cap / dq_bytes) chunks = (int64_t)(cap / dq_bytes);
     L->chunks = chunks > 1 ? chunks : 1;
