@@ -81,4 +81,19 @@ void fa_cuda_fill_common(const fa_problem *p, fa_attn_params *params);
 /* Strides of a (b, s, h, d) or varlen (total, h, d) tensor into batch/row/head strides. */
 void fa_cuda_rows(const fa_tensor *t, bool varlen, fa_i64 *batch, fa_i64 *row, fa_i64 *head);
 
+/* ---------------------------------------------------------------- split-KV decode (decode.c) */
+typedef struct fa_decode_tiles {
+    int nwarps, stages;
+} fa_decode_tiles;
+fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit);
+unsigned fa_decode_smem(int hd, int hdv, fa_decode_tiles tiles);
+void fa_decode_defines(char *out, size_t size, int dtype, int hd, int hdv, fa_decode_tiles tiles);
+/* Whether a kv-cache step runs on the decode kernel (f16/bf16, s_q * nheads / nheads_k <= 64). */
+bool fa_cuda_decode_applies(const fa_problem *p);
+/* Workspace bytes of the split partials (0 with one split). */
+size_t fa_cuda_decode_workspace(fa_context *ctx, const fa_problem *p);
+/* The decode kernel (and the combine) over params; ws: fa_cuda_decode_workspace bytes. */
+fa_status fa_cuda_decode(fa_context *ctx, const fa_problem *p, const fa_attn_params *params,
+                         void *ws);
+
 #endif /* FA_CUDA_BACKEND_H */

@@ -1,8 +1,9 @@
 /*
  * kvcache.c — a kv-cache step: append k_new/v_new in place (rotating k), rotate q into the
- * workspace, then the forward kernel over each sequence's keys [cache_leftpad[b],
- * cache_seqlens[b] + s_new) of the (possibly paged) cache. opts->num_splits is accepted but
- * the cuda backend does not split the keys yet (the result is the same; only speed differs).
+ * workspace, then the attention over each sequence's keys [cache_leftpad[b], cache_seqlens[b] +
+ * s_new) of the (possibly paged) cache: the split-KV decode kernel (decode.c) when the packed
+ * query rows are few (f16/bf16), else the forward kernel, which does not split the keys
+ * (opts->num_splits changes nothing there but speed).
  */
 #include <stdio.h>
 #include <string.h>
@@ -18,8 +19,8 @@ static size_t rotated_q_bytes(const fa_problem *p) {
 
 fa_status fa_cuda_kvcache_workspace(fa_context *ctx, const fa_problem *p,
                                     const fa_kvcache_args *a, size_t *bytes) {
-    (void)ctx, (void)a;
-    *bytes = rotated_q_bytes(p);
+    (void)a;
+    *bytes = rotated_q_bytes(p) + (fa_cuda_decode_applies(p) ? fa_cuda_decode_workspace(ctx, p) : 0);
     return FA_OK;
 }
 
@@ -105,7 +106,10 @@ fa_status fa_cuda_kvcache(fa_context *ctx, const fa_problem *p, const fa_kvcache
         params.q_row_stride = p->nheads * p->d;
         params.q_batch_stride = p->max_seqlen_q * p->nheads * p->d;
     }
-    if (status == FA_OK) status = fa_cuda_attention(ctx, p, &params);
+    if (status == FA_OK && fa_cuda_decode_applies(p)) /* split partials after q's copy */
+        status = fa_cuda_decode(ctx, p, &params, ws ? (char *)ws + rotated_q_bytes(p) : NULL);
+    else if (status == FA_OK)
+        status = fa_cuda_attention(ctx, p, &params);
     fa_cuda_leave(&scope);
     return status;
 }

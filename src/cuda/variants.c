@@ -4,8 +4,9 @@
  *
  * Shipped = what the dispatcher picks for d == d_v: the tensor-core forward for f16/bf16 at
  * every padded head dim (32..256) with and without dropout, and the SIMT forward (f32 and
- * attn_probs) and backward for f32/f16/bf16 at every width. Other combinations (d != d_v in
- * the tensor-core forward) compile at first use.
+ * attn_probs) and backward for f32/f16/bf16 at every width, the split-KV decode for f16/bf16 at
+ * every padded head dim. Other combinations (d != d_v in the tensor-core forward and the
+ * decode) compile at first use.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,27 @@ void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
              "-DFA_DROPOUT=%d", dtype, hd, hdv, t.mt, t.nwarps, t.bn, dropout ? 1 : 0);
 }
 
+/* Split-KV decode (decode.cu): 4 warps, each with its own ring of 16-key chunks, as deep as
+ * keeps enough K/V bytes in flight per SM (3 CTAs of 4 stages at d64, 2 of 3 at d128, 1 of 3 at
+ * d256 on H100); the first depth whose shared memory fits the device is taken. */
+fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit) {
+    const int widest = hd > hdv ? hd : hdv;
+    fa_decode_tiles t = {4, widest <= 64 ? 4 : 3};
+    while (t.stages > 2 && (int)fa_decode_smem(hd, hdv, t) > smem_limit) --t.stages;
+    return t;
+}
+
+unsigned fa_decode_smem(int hd, int hdv, fa_decode_tiles t) {
+    /* Q (16 rows) + per warp a ring of stages x 16 keys x (K, V) + m_i, l_i per warp and row */
+    return (unsigned)(2 * (16 * (hd + 8) + t.nwarps * t.stages * 16 * (hd + 8 + hdv + 8)) +
+                      8 * 16 * t.nwarps);
+}
+
+void fa_decode_defines(char *out, size_t size, int dtype, int hd, int hdv, fa_decode_tiles t) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_NWARPS=%d -DFA_STAGES=%d", dtype,
+             hd, hdv, t.nwarps, t.stages);
+}
+
 void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max) {
     snprintf(out, size, "-DFA_DTYPE=%d -DFA_CHUNKS=%d", dtype, (int)((d_max + 31) / 32));
 }
@@ -83,6 +105,13 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
                 FA_FORWARD_IF(fa_jit_precompile_one(simt_programs[prog], defines, arch, true));
                 ++count;
             }
+    for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
+        for (int hd = 32; hd <= 256; hd += 32) {
+            fa_decode_defines(defines, sizeof defines, dtype, hd, hd,
+                              fa_decode_tiles_for(hd, hd, smem_limit));
+            FA_FORWARD_IF(fa_jit_precompile_one("decode.cu", defines, arch, true));
+            ++count;
+        }
     for (int dtype = FA_DTYPE_F32; dtype <= FA_DTYPE_BF16; ++dtype) {
         snprintf(defines, sizeof defines, "-DFA_DTYPE=%d", dtype);
         FA_FORWARD_IF(fa_jit_precompile_one("kvcache.cu", defines, arch, true));

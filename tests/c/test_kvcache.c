@@ -1,7 +1,8 @@
 /*
  * test_kvcache.c — fa_fwd_kvcache against the float64 reference: dense and paged caches (page
  * sizes 1, 16, 256), appended k_new/v_new, rotary (interleaved and GPT-NeoX, rotary_dim < d),
- * cache_batch_idx, cache_leftpad, GQA, d != d_v, masks, ALiBi, softcap, num_splits 1 / 0 / 3.
+ * cache_batch_idx, cache_leftpad, GQA, d != d_v, masks, ALiBi, softcap, num_splits 1 / 0 / 3,
+ * long caches with many splits.
  * Besides out and lse (flash-attn's rule: 2x the plain error, 3x with rotary), the updated
  * caches must hold exactly the appended rows (k within an ulp of the rotation) and nothing else
  * may change. `test_kvcache isa` runs the short grid used per ISA.
@@ -417,6 +418,40 @@ static void test_random_configs(void) {
     }
 }
 
+/* Decode against long caches of odd lengths: on cuda the split-KV kernel with many splits
+ * (heuristic, and forced counts that leave splits empty), GQA tiles of 4 to 64 packed rows
+ * (MQA: 2 tiles, s_q 4 x 16 heads: 4), causal with s_q > 1, windows, softcap, ALiBi, paged
+ * with odd page sizes, d != d_v, d 256. */
+static void test_long_decode(void) {
+    static const struct {
+        int64_t s_q, h, h_k, d, d_v, s_cache;
+        int page, splits, wl;
+        bool causal;
+        float softcap;
+        int alibi;
+    } cases[] = {
+        {1, 8, 2, 128, 128, 1601, 0, 0, -1, false, 0.f, 0},
+        {1, 32, 1, 64, 64, 1023, 16, 0, -1, false, 0.f, 0},
+        {4, 16, 1, 64, 64, 700, 0, 0, -1, true, 0.f, 0},
+        {2, 8, 2, 256, 256, 999, 0, 128, -1, true, 0.f, 0},
+        {1, 6, 2, 64, 128, 1100, 7, 5, -1, false, 0.f, 1},
+        {3, 4, 4, 96, 96, 901, 0, 0, 300, true, 30.f, 0},
+        {1, 8, 1, 32, 32, 2049, 1, 0, -1, false, 0.f, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
+        for (int t = 1; t < 3; ++t) {
+            if (test_quick() && t != 1 + (int)i % 2) continue;
+            kvcfg c = kv_basic(k_dtypes[t], 3, cases[i].s_q, cases[i].s_cache, 1, cases[i].h,
+                               cases[i].h_k, cases[i].d);
+            c.d_v = cases[i].d_v;
+            c.page_size = cases[i].page, c.num_splits = cases[i].splits;
+            c.causal = cases[i].causal, c.wl = cases[i].wl;
+            if (c.wl >= 0) c.wr = 0;
+            c.softcap = cases[i].softcap, c.alibi = cases[i].alibi;
+            kv_check(&c);
+        }
+}
+
 static void test_isa_grid(void) {
     for (int t = 0; t < 3; ++t)
         for (int v = 0; v < 3; ++v) {
@@ -438,6 +473,7 @@ int main(int argc, char **argv) {
         {"strided", test_strided},
         {"strided_equals_contiguous", test_strided_equals_contiguous},
         {"random_configs", test_random_configs},
+        {"long_decode", test_long_decode},
         {"isa_grid", test_isa_grid},
         /* last: where these read out of bounds, ASan stops the program */
         {"rotary_tables_with_own_strides", test_rotary_tables_with_own_strides},
