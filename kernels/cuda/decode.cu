@@ -6,7 +6,7 @@
  * form one M dimension; packed row r is query row r / group of head hk * group + r % group,
  * so K and V are read once per group. A CTA owns one 16-row tile of packed rows, one kv head
  * and one split of the keys it can see. Its warps split those keys again: warp w takes the
- * 16-key chunks w, w + FA_NWARPS, ... and streams them through its own FA_STAGES-deep cp.async
+ * FA_KC-key chunks w, w + FA_NWARPS, ... and streams them through its own FA_STAGES-deep cp.async
  * ring in shared memory (no CTA barrier in the loop), with its own online softmax (m_i, l_i,
  * acc); the warps merge once at the end. S = Q K^T and O += P V are mma.sync m16n8k16 with
  * the fragment use of fwd_mma.cu. Compute is small: the kernel is built to keep enough K/V
@@ -16,13 +16,13 @@
  * that fa_decode_combine merges. Rows without keys: out 0, lse +inf.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_NWARPS,
- * FA_STAGES (>= 2). Any d, d_v and strides: with p.vec_io rows move by cp.async, otherwise
- * element by element, with the same arithmetic.
+ * FA_STAGES (>= 2), FA_KC (keys per chunk: 16 or 32). Any d, d_v and strides: with p.vec_io
+ * rows move by cp.async, otherwise element by element, with the same arithmetic.
  */
 #include "fa_mma.cuh"
 #include "fa_decode.h"
 
-#define KC 16                       /* keys per warp chunk = one k16 step of P V */
+#define KC FA_KC                    /* keys per warp chunk: KC / 16 k16 steps of P V */
 #define NTHREADS (32 * FA_NWARPS)
 #define SK_STRIDE (FA_HD + 8)       /* shared row stride of Q and K, elements */
 #define SV_STRIDE (FA_HDV + 8)
@@ -30,8 +30,8 @@
 #define WARP_ELEMS (FA_STAGES * STAGE_ELEMS)
 #define SO_STRIDE (FA_HDV + 4)      /* the merge's f32 rows, in a warp's (free) ring */
 
-#if FA_STAGES < 2
-#error "FA_STAGES must be >= 2 (the merge reuses the ring)"
+#if FA_STAGES < 2 || (KC != 16 && KC != 32)
+#error "FA_STAGES must be >= 2 (the merge reuses the ring), FA_KC 16 or 32"
 #endif
 
 /* 8 elements global -> shared, of which the first n_valid exist (zeros after them). */
@@ -185,30 +185,35 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
         const fa_u16 *sK = ring + c % FA_STAGES * STAGE_ELEMS, *sV = sK + KC * SK_STRIDE;
 
         /* S = Q K^T: (16, KC) */
-        float acc_s[2][4];
+        float acc_s[KC / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < KC / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc_s[nt][e] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < FA_HD / 16; ++ks) {
-            unsigned a[4], bk[4];
+            unsigned a[4];
             fa_ldmatrix_x4(a, fa_smem_addr(sQ + (lane & 15) * SK_STRIDE + ks * 16 + (lane >> 4) * 8));
-            fa_ldmatrix_x4(bk, fa_smem_addr(sK + ((lane & 7) + ((lane >> 4) << 3)) * SK_STRIDE +
-                                            ks * 16 + ((lane >> 3) & 1) * 8));
-            fa_mma16816(acc_s[0], a, bk[0], bk[1]);
-            fa_mma16816(acc_s[1], a, bk[2], bk[3]);
+#pragma unroll
+            for (int np = 0; np < KC / 16; ++np) {
+                unsigned bk[4];
+                fa_ldmatrix_x4(bk, fa_smem_addr(sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *
+                                                         SK_STRIDE +
+                                                     ks * 16 + ((lane >> 3) & 1) * 8));
+                fa_mma16816(acc_s[2 * np], a, bk[0], bk[1]);
+                fa_mma16816(acc_s[2 * np + 1], a, bk[2], bk[3]);
+            }
         }
 
         /* Scores in the log2 domain; the mask only on chunks that need it. */
         if (plain) {
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < KC / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc_s[nt][e] *= p.scale_log2;
         } else {
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < KC / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const packed_row pr = rows[e >> 1];
@@ -221,7 +226,7 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
                           (p.window_right < 0 || j0 + KC - 1 <= i_min + diag0 + p.window_right);
         if (!full) {
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < KC / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int j = j0 + nt * 8 + 2 * t + (e & 1);
@@ -232,15 +237,17 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
         /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new). */
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const float mx = fmaxf(fmaxf(acc_s[0][2 * half], acc_s[0][2 * half + 1]),
-                                   fmaxf(acc_s[1][2 * half], acc_s[1][2 * half + 1]));
+            float mx = -FA_INF;
+#pragma unroll
+            for (int nt = 0; nt < KC / 8; ++nt)
+                mx = fmaxf(mx, fmaxf(acc_s[nt][2 * half], acc_s[nt][2 * half + 1]));
             const float m_new = fmaxf(m_i[half], quad_max(mx));
             const float m_use = m_new == -FA_INF ? 0.f : m_new; /* avoid -inf - -inf */
             const float alpha = fa_exp2(m_i[half] - m_use);
             m_i[half] = m_new;
             float sum = 0.f;
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+            for (int nt = 0; nt < KC / 8; ++nt)
 #pragma unroll
                 for (int e = 2 * half; e < 2 * half + 2; ++e) {
                     const float pr = fa_exp2(acc_s[nt][e] - m_use);
@@ -255,19 +262,23 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
             }
         }
 
-        /* O += P V: P (16, KC) from the S accumulators is one k16 A fragment. */
-        unsigned a[4];
-        a[0] = fa_pack2(acc_s[0][0], acc_s[0][1]);
-        a[1] = fa_pack2(acc_s[0][2], acc_s[0][3]);
-        a[2] = fa_pack2(acc_s[1][0], acc_s[1][1]);
-        a[3] = fa_pack2(acc_s[1][2], acc_s[1][3]);
+        /* O += P V: P (16, KC) from the S accumulators, two n8 tiles per k16 A fragment. */
 #pragma unroll
-        for (int np = 0; np < FA_HDV / 16; ++np) {
-            unsigned bv[4];
-            fa_ldmatrix_x4_trans(bv, fa_smem_addr(sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * SV_STRIDE +
-                                                  np * 16 + (lane >> 4) * 8));
-            fa_mma16816(acc_o[2 * np], a, bv[0], bv[1]);
-            fa_mma16816(acc_o[2 * np + 1], a, bv[2], bv[3]);
+        for (int kk = 0; kk < KC / 16; ++kk) {
+            unsigned a[4];
+            a[0] = fa_pack2(acc_s[2 * kk][0], acc_s[2 * kk][1]);
+            a[1] = fa_pack2(acc_s[2 * kk][2], acc_s[2 * kk][3]);
+            a[2] = fa_pack2(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]);
+            a[3] = fa_pack2(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3]);
+#pragma unroll
+            for (int np = 0; np < FA_HDV / 16; ++np) {
+                unsigned bv[4];
+                fa_ldmatrix_x4_trans(
+                    bv, fa_smem_addr(sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SV_STRIDE +
+                                     np * 16 + (lane >> 4) * 8));
+                fa_mma16816(acc_o[2 * np], a, bv[0], bv[1]);
+                fa_mma16816(acc_o[2 * np + 1], a, bv[2], bv[3]);
+            }
         }
     }
 

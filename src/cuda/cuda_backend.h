@@ -83,7 +83,7 @@ void fa_cuda_rows(const fa_tensor *t, bool varlen, fa_i64 *batch, fa_i64 *row, f
 
 /* ---------------------------------------------------------------- split-KV decode (decode.c) */
 typedef struct fa_decode_tiles {
-    int nwarps, stages;
+    int nwarps, stages, kc; /* warps, ring depth, keys per chunk */
 } fa_decode_tiles;
 fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit);
 unsigned fa_decode_smem(int hd, int hdv, fa_decode_tiles tiles);

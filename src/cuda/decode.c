@@ -56,7 +56,7 @@ static int num_splits(fa_context *ctx, const fa_problem *p) {
     if (per_sm > 2048 / (32 * t.nwarps)) per_sm = 2048 / (32 * t.nwarps);
     if (per_sm < 1) per_sm = 1;
     const int64_t ctas = ceil_div(packed_rows(p), DECODE_ROWS) * p->nheads_k * p->batch;
-    const int64_t rounds = ceil_div(p->max_seqlen_k, 16 * t.nwarps);
+    const int64_t rounds = ceil_div(p->max_seqlen_k, (int64_t)t.kc * t.nwarps);
     return heuristic_splits(ctas, per_sm * state->sm_count, rounds > 0 ? rounds : 1);
 }
 

@@ -51,23 +51,29 @@ void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
 
 /* Split-KV decode (decode.cu): 4 warps, each with its own ring of 16-key chunks, as deep as
  * keeps enough K/V bytes in flight per SM (3 CTAs of 4 stages at d64, 2 of 3 at d128, 1 of 3 at
- * d256 on H100); the first depth whose shared memory fits the device is taken. */
+ * d256 on H100); stages are dropped until the shared memory fits the device. */
 fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit) {
     const int widest = hd > hdv ? hd : hdv;
-    fa_decode_tiles t = {4, widest <= 64 ? 4 : 3};
+    fa_decode_tiles t = {4, widest <= 64 ? 4 : 3, 16};
+    /* FLASHATTN_CUDA_DECODE="nwarps,stages,kc" overrides it (tuning experiments only) */
+    const char *env = getenv("FLASHATTN_CUDA_DECODE");
+    fa_decode_tiles e;
+    if (env && sscanf(env, "%d,%d,%d", &e.nwarps, &e.stages, &e.kc) == 3 && e.nwarps >= 1 &&
+        e.nwarps <= 8 && e.stages >= 2 && e.stages <= 8 && (e.kc == 16 || e.kc == 32))
+        return e;
     while (t.stages > 2 && (int)fa_decode_smem(hd, hdv, t) > smem_limit) --t.stages;
     return t;
 }
 
 unsigned fa_decode_smem(int hd, int hdv, fa_decode_tiles t) {
-    /* Q (16 rows) + per warp a ring of stages x 16 keys x (K, V) + m_i, l_i per warp and row */
-    return (unsigned)(2 * (16 * (hd + 8) + t.nwarps * t.stages * 16 * (hd + 8 + hdv + 8)) +
+    /* Q (16 rows) + per warp a ring of stages x kc keys x (K, V) + m_i, l_i per warp and row */
+    return (unsigned)(2 * (16 * (hd + 8) + t.nwarps * t.stages * t.kc * (hd + 8 + hdv + 8)) +
                       8 * 16 * t.nwarps);
 }
 
 void fa_decode_defines(char *out, size_t size, int dtype, int hd, int hdv, fa_decode_tiles t) {
-    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_NWARPS=%d -DFA_STAGES=%d", dtype,
-             hd, hdv, t.nwarps, t.stages);
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_NWARPS=%d -DFA_STAGES=%d -DFA_KC=%d",
+             dtype, hd, hdv, t.nwarps, t.stages, t.kc);
 }
 
 void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max) {
