@@ -51,7 +51,7 @@ void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
 
 /* Split-KV decode (decode.cu): 4 warps, each with its own ring of 16-key chunks, as deep as
  * keeps enough K/V bytes in flight per SM (3 CTAs of 4 stages at d64, 2 of 3 at d128, 1 of 3 at
- * d256 on H100); stages are dropped until the shared memory fits the device. */
+ * d256 on H100); stages (then chunk keys) are cut until the shared memory fits the device. */
 fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit) {
     const int widest = hd > hdv ? hd : hdv;
     fa_decode_tiles t = {4, widest <= 64 ? 4 : 3, 16};
@@ -60,8 +60,13 @@ fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit) {
     fa_decode_tiles e;
     if (env && sscanf(env, "%d,%d,%d", &e.nwarps, &e.stages, &e.kc) == 3 && e.nwarps >= 1 &&
         e.nwarps <= 8 && e.stages >= 2 && e.stages <= 8 && (e.kc == 16 || e.kc == 32))
-        return e;
-    while (t.stages > 2 && (int)fa_decode_smem(hd, hdv, t) > smem_limit) --t.stages;
+        t = e;
+    while ((int)fa_decode_smem(hd, hdv, t) > smem_limit && (t.stages > 2 || t.kc > 16)) {
+        if (t.stages > 2)
+            --t.stages;
+        else
+            t.kc = 16;
+    }
     return t;
 }
 
