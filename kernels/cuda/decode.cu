@@ -51,31 +51,34 @@ static __device__ __forceinline__ fa_i64 shfl_i64(fa_i64 x, int lane) {
     return ((fa_i64)hi << 32) | (unsigned)lo;
 }
 
-/* Rows [0, KC) of one tensor -> dst (KC, width) by the whole warp; off: the element offset of
- * row lane % KC (held by that lane); rows at or past n_rows and columns past dim are zeros. */
-static __device__ __forceinline__ void copy_rows(const fa_u16 *base, fa_i64 off, int n_rows,
-                                                 int dim, int width, int stride, fa_u16 *dst,
-                                                 bool vec, int lane) {
+/* Rows [0, KC) of one tensor -> dst (KC, width) by the whole warp; rows at or past n_rows and
+ * columns past dim are zeros. off: dense, the element offset of row 0 (rows rs apart); paged,
+ * that of row lane % KC, held by that lane (the lanes copying a row take it by shuffle). */
+static __device__ __forceinline__ void copy_rows(const fa_u16 *base, fa_i64 off, fa_i64 rs,
+                                                 bool paged, int n_rows, int dim, int width,
+                                                 int stride, fa_u16 *dst, bool vec, int lane) {
 #pragma unroll
     for (int n = 0; n < KC * width / 8 / 32; ++n) {
         const int it = lane + 32 * n, r = it / (width / 8), col = it % (width / 8) * 8;
-        const fa_i64 o = shfl_i64(off, r);
+        const fa_i64 o = paged ? shfl_i64(off, r) : off + r * rs;
         const int n_valid = r < n_rows ? min(8, max(0, dim - col)) : 0;
         copy8(dst + r * stride + col, n_valid ? base + o + col : base, n_valid, vec);
     }
 }
 
 /* Keys [j0, j0 + KC) of kv head hk -> a stage of this warp's ring (K rows, then V rows); keys
- * at or past j_stop are zero-filled. Lane l looks its row l % KC up once (paged: through the
- * block table); the lanes copying that row take the offset by shuffle. */
+ * at or past j_stop (> j0) are zero-filled. Paged: lane l looks row l % KC up in the block
+ * table once. */
 static __device__ __forceinline__ void load_chunk(const fa_attn_params &p, const fa_seq &s, int j0,
                                                   int j_stop, int hk, int lane, fa_u16 *stage) {
-    const int j = j0 + (lane & (KC - 1)), n_rows = j_stop - j0;
+    const bool paged = p.block_table != 0;
+    const int j = paged ? j0 + (lane & (KC - 1)) : j0, n_rows = j_stop - j0;
     const fa_i64 ko = j < j_stop ? fa_kv_offset(p, s, j, hk, 0) : 0;
     const fa_i64 vo = j < j_stop ? fa_kv_offset(p, s, j, hk, 1) : 0;
-    copy_rows((const fa_u16 *)p.k, ko, n_rows, p.d, FA_HD, SK_STRIDE, stage, p.vec_io, lane);
-    copy_rows((const fa_u16 *)p.v, vo, n_rows, p.d_v, FA_HDV, SV_STRIDE, stage + KC * SK_STRIDE,
+    copy_rows((const fa_u16 *)p.k, ko, p.k_row_stride, paged, n_rows, p.d, FA_HD, SK_STRIDE, stage,
               p.vec_io, lane);
+    copy_rows((const fa_u16 *)p.v, vo, p.v_row_stride, paged, n_rows, p.d_v, FA_HDV, SV_STRIDE,
+              stage + KC * SK_STRIDE, p.vec_io, lane);
 }
 
 static __device__ __forceinline__ float quad_max(float x) {
@@ -234,7 +237,9 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
                 }
         }
 
-        /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new). */
+        /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new);
+         * acc_o only when some row's max moved (alpha = 1 is exact; decode maxima settle). */
+        float alpha[2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float mx = -FA_INF;
@@ -243,7 +248,7 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
                 mx = fmaxf(mx, fmaxf(acc_s[nt][2 * half], acc_s[nt][2 * half + 1]));
             const float m_new = fmaxf(m_i[half], quad_max(mx));
             const float m_use = m_new == -FA_INF ? 0.f : m_new; /* avoid -inf - -inf */
-            const float alpha = fa_exp2(m_i[half] - m_use);
+            alpha[half] = fa_exp2(m_i[half] - m_use);
             m_i[half] = m_new;
             float sum = 0.f;
 #pragma unroll
@@ -254,12 +259,13 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
                     acc_s[nt][e] = pr;
                     sum += pr;
                 }
-            l_i[half] = l_i[half] * alpha + sum;
+            l_i[half] = l_i[half] * alpha[half] + sum;
+        }
+        if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-            for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                acc_o[nv][2 * half] *= alpha;
-                acc_o[nv][2 * half + 1] *= alpha;
-            }
+            for (int nv = 0; nv < FA_HDV / 8; ++nv)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc_o[nv][e] *= alpha[e >> 1];
         }
 
         /* O += P V: P (16, KC) from the S accumulators, two n8 tiles per k16 A fragment. */

@@ -49,23 +49,27 @@ void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
              "-DFA_DROPOUT=%d", dtype, hd, hdv, t.mt, t.nwarps, t.bn, dropout ? 1 : 0);
 }
 
-/* Split-KV decode (decode.cu): 4 warps, each with its own ring of 16-key chunks, as deep as
- * keeps enough K/V bytes in flight per SM (3 CTAs of 4 stages at d64, 2 of 3 at d128, 1 of 3 at
- * d256 on H100); stages (then chunk keys) are cut until the shared memory fits the device. */
+/* Split-KV decode (decode.cu), measured on H100 (docs/cuda.md): one CTA of 8 warps per SM, each
+ * warp a 2-stage ring of 32-key (d <= 64) or 16-key chunks; d > 128: 4 warps, 3 stages. What
+ * does not fit the device's shared memory is cut: stages, then chunk keys, then warps. */
 fa_decode_tiles fa_decode_tiles_for(int hd, int hdv, int smem_limit) {
     const int widest = hd > hdv ? hd : hdv;
-    fa_decode_tiles t = {4, widest <= 64 ? 4 : 3, 16};
+    fa_decode_tiles t = widest <= 64 ? (fa_decode_tiles){8, 2, 32}
+                        : widest <= 128 ? (fa_decode_tiles){8, 2, 16}
+                                        : (fa_decode_tiles){4, 3, 16};
     /* FLASHATTN_CUDA_DECODE="nwarps,stages,kc" overrides it (tuning experiments only) */
     const char *env = getenv("FLASHATTN_CUDA_DECODE");
     fa_decode_tiles e;
     if (env && sscanf(env, "%d,%d,%d", &e.nwarps, &e.stages, &e.kc) == 3 && e.nwarps >= 1 &&
         e.nwarps <= 8 && e.stages >= 2 && e.stages <= 8 && (e.kc == 16 || e.kc == 32))
         t = e;
-    while ((int)fa_decode_smem(hd, hdv, t) > smem_limit && (t.stages > 2 || t.kc > 16)) {
+    while ((int)fa_decode_smem(hd, hdv, t) > smem_limit && (t.stages > 2 || t.kc > 16 || t.nwarps > 1)) {
         if (t.stages > 2)
             --t.stages;
-        else
+        else if (t.kc > 16)
             t.kc = 16;
+        else
+            t.nwarps /= 2;
     }
     return t;
 }
