@@ -95,6 +95,11 @@ static __device__ __forceinline__ void cp_async_wait_ring(void) {
     asm volatile("cp.async.wait_group %0;" ::"n"(FA_STAGES - 1) : "memory");
 }
 
+/* The A fragment of Q (16 rows) for dims [16 ks, 16 ks + 16). */
+static __device__ __forceinline__ void load_q_frag(unsigned *a, const fa_u16 *sQ, int ks, int lane) {
+    fa_ldmatrix_x4(a, fa_smem_addr(sQ + (lane & 15) * SK_STRIDE + ks * 16 + (lane >> 4) * 8));
+}
+
 /* A packed row of the tile: query row i of head h, and whether it exists. */
 typedef struct packed_row {
     int i, h;
@@ -175,6 +180,11 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
 
     cp_async_wait_ring(); /* the Q group */
     __syncthreads();
+#if FA_HD <= 128 /* Q's A fragments stay in registers (wider: re-read per chunk, for registers) */
+    unsigned qa[FA_HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < FA_HD / 16; ++ks) load_q_frag(qa[ks], sQ, ks, lane);
+#endif
 
     for (int c = 0; c < n_chunks; ++c) {
         const int j0 = first + c * round;
@@ -195,8 +205,12 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
             for (int e = 0; e < 4; ++e) acc_s[nt][e] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < FA_HD / 16; ++ks) {
+#if FA_HD <= 128
+            const unsigned *a = qa[ks];
+#else
             unsigned a[4];
-            fa_ldmatrix_x4(a, fa_smem_addr(sQ + (lane & 15) * SK_STRIDE + ks * 16 + (lane >> 4) * 8));
+            load_q_frag(a, sQ, ks, lane);
+#endif
 #pragma unroll
             for (int np = 0; np < KC / 16; ++np) {
                 unsigned bk[4];
@@ -363,6 +377,7 @@ fa_decode_combine(const __grid_constant__ fa_decode_params dp) {
     if (row >= rows_all) return;
     const int i = (int)(row % p.seqlen_q), h = (int)(row / p.seqlen_q % p.nheads);
     const fa_seq s = fa_seq_of(p, (int)(row / ((fa_i64)p.seqlen_q * p.nheads)));
+    if (i >= s.seqlen_q) return; /* varlen: past this sequence's rows */
     const int n = dp.num_splits;
     float m = -FA_INF;
     for (int k = lane; k < n; k += 32) m = fmaxf(m, dp.lse_part[k * rows_all + row]);
