@@ -34,17 +34,6 @@
 #error "FA_STAGES must be >= 2 (the merge reuses the ring), FA_KC 16 or 32"
 #endif
 
-/* 8 elements global -> shared, of which the first n_valid exist (zeros after them). */
-static __device__ __forceinline__ void copy8(fa_u16 *dst, const fa_u16 *src, int n_valid,
-                                             bool vec) {
-    if (vec) {
-        fa_cp_async16(fa_smem_addr(dst), src, n_valid > 0); /* n_valid is 0 or 8 here */
-    } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = e < n_valid ? src[e] : (fa_u16)0;
-    }
-}
-
 static __device__ __forceinline__ fa_i64 shfl_i64(fa_i64 x, int lane) {
     const int lo = __shfl_sync(0xffffffffu, (int)x, lane);
     const int hi = __shfl_sync(0xffffffffu, (int)(x >> 32), lane);
@@ -62,7 +51,7 @@ static __device__ __forceinline__ void copy_rows(const fa_u16 *base, fa_i64 off,
         const int it = lane + 32 * n, r = it / (width / 8), col = it % (width / 8) * 8;
         const fa_i64 o = paged ? shfl_i64(off, r) : off + r * rs;
         const int n_valid = r < n_rows ? min(8, max(0, dim - col)) : 0;
-        copy8(dst + r * stride + col, n_valid ? base + o + col : base, n_valid, vec);
+        fa_copy8(dst + r * stride + col, n_valid ? base + o + col : base, n_valid, vec);
     }
 }
 
@@ -79,16 +68,6 @@ static __device__ __forceinline__ void load_chunk(const fa_attn_params &p, const
               p.vec_io, lane);
     copy_rows((const fa_u16 *)p.v, vo, p.v_row_stride, paged, n_rows, p.d_v, FA_HDV, SV_STRIDE,
               stage + KC * SK_STRIDE, p.vec_io, lane);
-}
-
-static __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
-static __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
 static __device__ __forceinline__ void cp_async_wait_ring(void) {
@@ -153,7 +132,7 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
         const int n_valid = pr.ok ? min(8, max(0, p.d - col)) : 0;
         const fa_u16 *src =
             (const fa_u16 *)p.q + (n_valid ? FA_ROW_OFFSET(p, s, pr.i, pr.h, q) + col : 0);
-        copy8(sQ + r * SK_STRIDE + col, src, n_valid, p.vec_io);
+        fa_copy8(sQ + r * SK_STRIDE + col, src, n_valid, p.vec_io);
     }
     fa_cp_async_commit();
     for (int c = 0; c < FA_STAGES - 1; ++c) {
@@ -260,7 +239,7 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
 #pragma unroll
             for (int nt = 0; nt < KC / 8; ++nt)
                 mx = fmaxf(mx, fmaxf(acc_s[nt][2 * half], acc_s[nt][2 * half + 1]));
-            const float m_new = fmaxf(m_i[half], quad_max(mx));
+            const float m_new = fmaxf(m_i[half], fa_quad_max(mx));
             const float m_use = m_new == -FA_INF ? 0.f : m_new; /* avoid -inf - -inf */
             alpha[half] = fa_exp2(m_i[half] - m_use);
             m_i[half] = m_new;
@@ -310,7 +289,7 @@ fa_decode(const __grid_constant__ fa_decode_params dp) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int r = g + 8 * half;
-        const float l = quad_sum(l_i[half]);
+        const float l = fa_quad_sum(l_i[half]);
         if (t == 0) sM[warp * 16 + r] = m_i[half], sL[warp * 16 + r] = l;
 #pragma unroll
         for (int nv = 0; nv < FA_HDV / 8; ++nv) {

@@ -53,4 +53,27 @@ static __device__ __forceinline__ void fa_cp_async_wait_all(void) {
     asm volatile("cp.async.wait_all;" ::: "memory");
 }
 
+/* 8 elements global -> shared, of which the first n_valid exist (zeros after them); vec: one
+ * cp.async (n_valid is then 0 or 8), else element by element. */
+static __device__ __forceinline__ void fa_copy8(fa_u16 *dst, const fa_u16 *src, int n_valid,
+                                                bool vec) {
+    if (vec) {
+        fa_cp_async16(fa_smem_addr(dst), src, n_valid > 0);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = e < n_valid ? src[e] : (fa_u16)0;
+    }
+}
+
+/* Max / sum over the 4 lanes (a quad) that hold one row of an mma accumulator. */
+static __device__ __forceinline__ float fa_quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+static __device__ __forceinline__ float fa_quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 #endif /* FA_MMA_CUH */
