@@ -113,10 +113,6 @@ static __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-static __device__ __forceinline__ void fa_cp_async_wait_one(void) {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
-}
-
 /* The score of the softcap / ALiBi path in the log2 domain (fa_score * log2 e), with the
  * per-CTA constants cap_in = scale / softcap, cap_out = softcap * log2 e, slope2 = slope * log2 e. */
 static __device__ __forceinline__ float score_log2(const fa_attn_params &p, float dot, float cap_in,
@@ -196,11 +192,14 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     for (int n = n_end - 1, buf = 0; n >= n_begin; --n, buf ^= 1) {
         const int n0 = n * FA_BN;
         const fa_u16 *sK = sK0 + buf * K_BUF, *sV = sV0 + buf * V_BUF;
-        if (n > n_begin) /* the next tile into the other buffers, while this one computes */
+        fa_cp_async_wait_all();
+        /* One barrier per tile: K(n), V(n) (and Q) are in shared memory, and every warp is done
+         * with tile n + 1, whose buffers the next tile now refills while this one computes. */
+        __syncthreads();
+        if (n > n_begin) {
             LOAD_KV_TILE(n0 - FA_BN, sK0 + (buf ^ 1) * K_BUF, sV0 + (buf ^ 1) * V_BUF);
-        fa_cp_async_commit(); /* possibly empty: one group per iteration */
-        fa_cp_async_wait_one();
-        __syncthreads(); /* K(n), V(n) (and Q) in shared memory */
+            fa_cp_async_commit();
+        }
 
         /* S = Q K^T: (16 * FA_MT, FA_BN) per warp. */
         float acc_s[FA_MT][FA_BN / 8][4];
@@ -249,32 +248,66 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                             score_log2(p, acc_s[mt][nt][e], cap_in, cap_out, slope2, i + diag0, j);
                     }
         }
-        if (!full) {
+        if (!full) { /* row i sees keys [lo, hi) (fa_visible) */
 #pragma unroll
             for (int mt = 0; mt < FA_MT; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
+                for (int half = 0; half < 2; ++half) {
+                    const long long diag = m0 + wrow0 + mt * 16 + g + 8 * half + diag0;
+                    const int lo = p.window_left < 0 ? 0 : (int)max(0LL, diag - p.window_left);
+                    const int hi = p.window_right < 0
+                                       ? s.seqlen_k
+                                       : (int)min((long long)s.seqlen_k, diag + p.window_right + 1);
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
-                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                        if (!fa_visible(p, s, i, j)) acc_s[mt][nt][e] = -FA_INF;
-                    }
+                    for (int nt = 0; nt < FA_BN / 8; ++nt)
+#pragma unroll
+                        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+                            const int j = n0 + nt * 8 + 2 * t + (e & 1);
+                            if (j < lo || j >= hi) acc_s[mt][nt][e] = -FA_INF;
+                        }
+                }
         }
 
-        /* Online softmax: rescale acc_o and l_i by exp2((m_old - m_new) sc), P = exp2((S - m_new) sc). */
+        /* Online softmax. m_i moves only when some row of the warp gains more than 2^8 over
+         * it (then acc_o and l_i are rescaled by exp2((m_old - m_new) sc)); otherwise P =
+         * exp2((S - m_i) sc) stays below 2^8, exact enough in f32 and bf16/f16, and the
+         * rescale of acc_o, most tiles' largest cost after the MMAs, is skipped. */
+        float mx[FA_MT][2];
+        bool grow = false;
 #pragma unroll
         for (int mt = 0; mt < FA_MT; ++mt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                float mx = -FA_INF;
+                float x = -FA_INF;
 #pragma unroll
                 for (int nt = 0; nt < FA_BN / 8; ++nt)
-                    mx = fmaxf(mx, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
-                const float m_new = fmaxf(m_i[mt][half], quad_max(mx));
-                const float m_sc = m_new == -FA_INF ? 0.f : m_new * sc; /* avoid -inf - -inf */
-                const float alpha = fa_exp2(m_i[mt][half] * sc - m_sc);
-                m_i[mt][half] = m_new;
+                    x = fmaxf(x, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
+                mx[mt][half] = quad_max(x);
+                grow |= (mx[mt][half] - m_i[mt][half]) * sc > 8.f; /* -inf - -inf: NaN, false */
+            }
+        if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const float m_new = fmaxf(m_i[mt][half], mx[mt][half]);
+                    const float alpha =
+                        m_new == -FA_INF ? 1.f : fa_exp2((m_i[mt][half] - m_new) * sc);
+                    m_i[mt][half] = m_new;
+                    l_i[mt][half] *= alpha;
+#pragma unroll
+                    for (int nv = 0; nv < FA_HDV / 8; ++nv) {
+                        acc_o[mt][nv][2 * half] *= alpha;
+                        acc_o[mt][nv][2 * half + 1] *= alpha;
+                    }
+                }
+        }
+#pragma unroll
+        for (int mt = 0; mt < FA_MT; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                /* a row that has seen no key yet: m_i = -inf, P = exp2(-inf) = 0 */
+                const float m_sc = m_i[mt][half] == -FA_INF ? 0.f : m_i[mt][half] * sc;
                 float sum = 0.f;
 #pragma unroll
                 for (int nt = 0; nt < FA_BN / 8; ++nt)
@@ -284,12 +317,7 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                         acc_s[mt][nt][e] = pr;
                         sum += pr;
                     }
-                l_i[mt][half] = l_i[mt][half] * alpha + sum;
-#pragma unroll
-                for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                    acc_o[mt][nv][2 * half] *= alpha;
-                    acc_o[mt][nv][2 * half + 1] *= alpha;
-                }
+                l_i[mt][half] += sum;
             }
 
 #if FA_DROPOUT
@@ -333,7 +361,6 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                 }
             }
         }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
 
     /* out = acc_o / l_i; lse = ln(sum exp(s)) = (m_i sc + log2(l_i)) * ln 2; empty rows: 0, +inf. */
