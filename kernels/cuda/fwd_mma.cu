@@ -14,6 +14,7 @@
  * rows, d and d_v multiples of 8) tiles move by cp.async, otherwise element by element; the
  * arithmetic is the same either way, so a strided call gives the bits of a contiguous one.
  */
+#include "fa_fwd_tile.cuh"
 #include "fa_mma.cuh"
 
 #define BM (16 * FA_MT * FA_NWARPS)
@@ -103,28 +104,6 @@ static __device__ __forceinline__ void load_kv_fast(const kv_stream &k, const fa
     }
 }
 
-static __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
-static __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-/* The score of the softcap / ALiBi path in the log2 domain (fa_score * log2 e), with the
- * per-CTA constants cap_in = scale / softcap, cap_out = softcap * log2 e, slope2 = slope * log2 e. */
-static __device__ __forceinline__ float score_log2(const fa_attn_params &p, float dot, float cap_in,
-                                                   float cap_out, float slope2, int diag, int j) {
-    float x = p.softcap > 0.f ? cap_out * fa_tanh(dot * cap_in) : dot * p.scale_log2;
-    if (slope2 != 0.f) {
-        const int dist = diag - j;
-        x += p.is_causal ? slope2 * (float)j : -slope2 * (float)(dist < 0 ? -dist : dist);
-    }
-    return x;
-}
-
 /* K and V of the key tile at n0 into the buffers at sK, sV (one commit group is the caller's). */
 #define LOAD_KV_TILE(n0, sK, sV)                                                                   \
     do {                                                                                           \
@@ -151,16 +130,9 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     const fa_seq s = fa_seq_of(p, b);
     if (m0 >= s.seqlen_q) return;
     const int hk = h / (p.nheads / p.nheads_k);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wrow0 = warp * 16 * FA_MT; /* this warp's first row within the tile */
-    const float slope = fa_alibi_slope(p, b, h);
-    /* plain: scores stay raw dot products and the softmax scales them on the fly
-     * (exp2(s * sc - m * sc), one FFMA); otherwise they are turned into log2-domain scores
-     * first and sc = 1. A scale <= 0 would turn the row max into a min: not plain. */
-    const bool plain = p.softcap == 0.f && slope == 0.f && p.scale_log2 > 0.f;
-    const float sc = plain ? p.scale_log2 : 1.f;
-    const float cap_in = p.softcap > 0.f ? p.scale / p.softcap : 0.f;
-    const float cap_out = p.softcap * FA_LOG2E, slope2 = slope * FA_LOG2E;
+    const fwd_consts c = fwd_consts_of(p, fa_alibi_slope(p, b, h));
     const bool fast = KV_FAST(FA_HD) && KV_FAST(FA_HDV) && p.vec_io && !p.block_table;
     const kv_stream ks = kv_stream_of(p, s, hk, 0, FA_HD, SK_STRIDE);
     const kv_stream vs = kv_stream_of(p, s, hk, 1, FA_HDV, SV_STRIDE);
@@ -230,98 +202,12 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
             }
         }
 
-        /* Softcap/ALiBi and the mask only where needed: uniform branches around whole loops,
-         * so the plain path never pays for their code. */
-        const bool full = n0 + FA_BN <= s.seqlen_k &&
-                          (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
-                          (p.window_right < 0 || n0 + FA_BN - 1 <= m0 + diag0 + p.window_right);
-        if (!plain) {
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
-                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                        acc_s[mt][nt][e] =
-                            score_log2(p, acc_s[mt][nt][e], cap_in, cap_out, slope2, i + diag0, j);
-                    }
-        }
-        if (!full) { /* row i sees keys [lo, hi) (fa_visible) */
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const long long diag = m0 + wrow0 + mt * 16 + g + 8 * half + diag0;
-                    const int lo = p.window_left < 0 ? 0 : (int)max(0LL, diag - p.window_left);
-                    const int hi = p.window_right < 0
-                                       ? s.seqlen_k
-                                       : (int)min((long long)s.seqlen_k, diag + p.window_right + 1);
-#pragma unroll
-                    for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                            const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                            if (j < lo || j >= hi) acc_s[mt][nt][e] = -FA_INF;
-                        }
-                }
-        }
-
-        /* Online softmax. m_i moves only when some row of the warp gains more than 2^8 over
-         * it (then acc_o and l_i are rescaled by exp2((m_old - m_new) sc)); otherwise P =
-         * exp2((S - m_i) sc) stays below 2^8, exact enough in f32 and bf16/f16, and the
-         * rescale of acc_o, most tiles' largest cost after the MMAs, is skipped. */
-        float mx[FA_MT][2];
-        bool grow = false;
-#pragma unroll
-        for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                float x = -FA_INF;
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-                    x = fmaxf(x, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
-                mx[mt][half] = quad_max(x);
-                grow |= (mx[mt][half] - m_i[mt][half]) * sc > 8.f; /* -inf - -inf: NaN, false */
-            }
-        if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const float m_new = fmaxf(m_i[mt][half], mx[mt][half]);
-                    const float alpha =
-                        m_new == -FA_INF ? 1.f : fa_exp2((m_i[mt][half] - m_new) * sc);
-                    m_i[mt][half] = m_new;
-                    l_i[mt][half] *= alpha;
-#pragma unroll
-                    for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                        acc_o[mt][nv][2 * half] *= alpha;
-                        acc_o[mt][nv][2 * half + 1] *= alpha;
-                    }
-                }
-        }
-#pragma unroll
-        for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                /* a row that has seen no key yet: m_i = -inf, P = exp2(-inf) = 0 */
-                const float m_sc = m_i[mt][half] == -FA_INF ? 0.f : m_i[mt][half] * sc;
-                float sum = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                        const float pr = fa_exp2(fmaf(acc_s[mt][nt][e], sc, -m_sc));
-                        acc_s[mt][nt][e] = pr;
-                        sum += pr;
-                    }
-                l_i[mt][half] += sum;
-            }
+        fwd_scores(p, s, c, fwd_tile_full(p, s, m0, m_last, n0), m0 + wrow0, n0, acc_s);
+        fwd_softmax(c.sc, acc_s, acc_o, m_i, l_i);
 
 #if FA_DROPOUT
         /* Zero the dropped probabilities (l_i keeps them; 1 / (1 - p) is applied at the end). */
+        const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int mt = 0; mt < FA_MT; ++mt)
 #pragma unroll
@@ -342,12 +228,7 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
         for (int kk = 0; kk < FA_BN / 16; ++kk) {
             unsigned a[FA_MT][4];
 #pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt) {
-                a[mt][0] = fa_pack2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
-                a[mt][1] = fa_pack2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
-                a[mt][2] = fa_pack2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
-                a[mt][3] = fa_pack2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
-            }
+            for (int mt = 0; mt < FA_MT; ++mt) fwd_p_frag(acc_s, mt, kk, a[mt]);
 #pragma unroll
             for (int np = 0; np < FA_HDV / 16; ++np) {
                 unsigned bv[4];
@@ -363,32 +244,9 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
         }
     }
 
-    /* out = acc_o / l_i; lse = ln(sum exp(s)) = (m_i sc + log2(l_i)) * ln 2; empty rows: 0, +inf. */
-#pragma unroll
-    for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int i = m0 + wrow0 + mt * 16 + g + 8 * half;
-            const float l = quad_sum(l_i[mt][half]);
-            if (i >= s.seqlen_q) continue;
-            float inv = l > 0.f ? 1.f / l : 0.f;
 #if FA_DROPOUT
-            inv *= p.dropout_scale;
+    fwd_store(p, s, h, m0 + wrow0, c.sc, p.dropout_scale, acc_o, m_i, l_i);
+#else
+    fwd_store(p, s, h, m0 + wrow0, c.sc, 1.f, acc_o, m_i, l_i);
 #endif
-            fa_u16 *out = (fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
-#pragma unroll
-            for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                const int col = nv * 8 + 2 * t;
-                const float x0 = acc_o[mt][nv][2 * half] * inv, x1 = acc_o[mt][nv][2 * half + 1] * inv;
-                if (p.vec_io) {
-                    if (col < p.d_v) *(unsigned *)(out + col) = fa_pack2(x0, x1);
-                } else { /* same rounding as fa_pack2 */
-                    if (col < p.d_v) out[col] = fa_from_float(x0);
-                    if (col + 1 < p.d_v) out[col + 1] = fa_from_float(x1);
-                }
-            }
-            if (t == 0)
-                p.lse[fa_lse_offset(p, s, i, h)] =
-                    l > 0.f ? (m_i[mt][half] * sc + log2f(l)) * FA_LN2 : FA_INF;
-        }
 }
