@@ -4,6 +4,8 @@
  * second kernel that reads the final lse.
  */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_backend.h"
@@ -124,12 +126,49 @@ fa_status fa_cuda_fwd_workspace(fa_context *ctx, const fa_problem *p, const fa_f
 
 static unsigned ceil_div(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
+/* Shared memory of the wgmma forward: Q, two stages of K and V, 1024 bytes of alignment. */
+static unsigned wgmma_smem(int hd, int nwg, int bn) {
+    return 2u * (64u * (unsigned)nwg + 4u * (unsigned)bn) * (unsigned)hd + 1024;
+}
+
+/* The sm_90a wgmma forward (fwd_wgmma.cu) takes f16/bf16 on compute capability 9.0 with d = d_v
+ * rounding to 64 or 128, dense 16-byte aligned rows and no dropout; its tiles are 64 * nwg
+ * query rows by bn keys. FLASHATTN_CUDA_WGMMA="nwg,bn" overrides them and "0" turns the kernel
+ * off (tuning experiments only). */
+static bool wgmma_tiles(const fa_cuda_state *st, const fa_problem *p, const fa_attn_params *params,
+                        int *nwg, int *bn) {
+    const int hd = fa_round_hd(p->d);
+    if (st->cc != 90 || p->d != p->d_v || (hd != 64 && hd != 128) || p->dropout_p > 0.f ||
+        !params->vec_io || params->block_table)
+        return false;
+    const char *env = getenv("FLASHATTN_CUDA_WGMMA");
+    int n = 2, b = 128;
+    if (env && strcmp(env, "0") == 0) return false;
+    if (env && sscanf(env, "%d,%d", &n, &b) == 2 && (n == 1 || n == 2) && (b == 64 || b == 128)) {
+        *nwg = n, *bn = b;
+        return (int)wgmma_smem(hd, n, b) <= st->smem_optin;
+    }
+    *nwg = 2, *bn = 128;
+    return (int)wgmma_smem(hd, 2, 128) <= st->smem_optin;
+}
+
 /* The attention kernel for params (tensor-core for f16/bf16, SIMT for f32); the caller has made
  * the context current. */
 fa_status fa_cuda_attention(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
     fa_launch l;
     memset(&l, 0, sizeof l);
-    if (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) {
+    int nwg, bn;
+    if ((p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) &&
+        wgmma_tiles(fa_cuda_state_of(ctx), p, params, &nwg, &bn)) {
+        const int hd = fa_round_hd(p->d);
+        l.program = "fwd_wgmma.cu";
+        l.kernel = "fa_fwd_wgmma";
+        snprintf(l.defines, sizeof l.defines, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BN=%d -DFA_NWG=%d",
+                 p->dtype, hd, bn, nwg);
+        l.grid[0] = ceil_div(p->max_seqlen_q, 64 * nwg);
+        l.block = 128u * (unsigned)nwg;
+        l.smem = wgmma_smem(hd, nwg, bn);
+    } else if (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) {
         const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
         const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);
         l.program = "fwd_mma.cu";
