@@ -9,12 +9,14 @@
  * mask, softmax and output code is fa_fwd_tile.cuh's with FA_MT = 1.
  *
  * Q, K, V go global -> shared by cp.async (every thread, 16 bytes each) straight into the
- * 128-byte-swizzled K-major layout wgmma reads; K and V have two stages, so tile n - 1 lands
- * while tile n is computed. wgmma reads shared memory through the async proxy: each thread
- * fences its finished copies (fence.proxy.async) before the barrier that publishes them.
+ * 128-byte-swizzled K-major layout wgmma reads; K and V rotate through FA_STAGES stages, so
+ * FA_STAGES - 1 tiles are in flight while one is computed. One barrier per tile: it publishes
+ * the tile and tells that every warp is done with the previous one, whose stage is then
+ * refilled. wgmma reads shared memory through the async proxy: each thread fences its finished
+ * copies (fence.proxy.async) before that barrier.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD (64 or 128; d = d_v, rounded up), FA_BN (64 or
- * 128), FA_NWG (1 or 2). Dense layouts with 16-byte aligned rows (p.vec_io, no block table)
+ * 128), FA_NWG (1 or 2), FA_STAGES (2 or 3). Dense layouts with 16-byte aligned rows (p.vec_io, no block table)
  * and no dropout: fa_cuda_attention (fwd.c) sends everything else to fwd_mma.cu.
  */
 #define FA_MT 1
@@ -156,18 +158,20 @@ static __device__ __forceinline__ void load_tile(unsigned sdst, int rows, const 
     }
 }
 
-static __device__ __forceinline__ void cp_async_wait_one(void) {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
+/* Waits until at most FA_STAGES - 2 commit groups of this thread are in flight. */
+static __device__ __forceinline__ void cp_async_wait_stages(void) {
+    asm volatile("cp.async.wait_group %0;" ::"n"(FA_STAGES - 2) : "memory");
 }
 
 /* grid (ceil(max s_q / BM), h, b), block NTHREADS, dynamic smem
- * 2 * (BM + 4 * FA_BN) * FA_HD + 1024 bytes (Q, two stages of K and V, 1024-byte alignment).
+ * 2 * (BM + 2 * FA_STAGES * FA_BN) * FA_HD + 1024 bytes (Q, the stages of K and V, 1024-byte
+ * alignment).
  * Row blocks run last first (under a causal mask they are the longest). */
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
     extern __shared__ __align__(1024) unsigned char smem[];
     const unsigned sQ = (fa_smem_addr(smem) + 1023u) & ~1023u; /* swizzle atoms: 1024-aligned */
-    const unsigned sK = sQ + TILE_BYTES(BM), sV = sK + 2 * TILE_BYTES(FA_BN);
+    const unsigned sK = sQ + TILE_BYTES(BM), sV = sK + FA_STAGES * TILE_BYTES(FA_BN);
     const int b = blockIdx.z, h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const fa_seq s = fa_seq_of(p, b);
     if (m0 >= s.seqlen_q) return;
@@ -210,19 +214,26 @@ fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
 
     load_tile(sQ, BM, (const fa_u16 *)p.q + FA_ROW_OFFSET(p, s, m0 + r0, h, q) + col,
               p.q_row_stride, col < p.d ? s.seqlen_q - m0 - r0 : -0x40000000, p.q);
-    if (n_end > n_begin) LOAD_KV((n_end - 1) * FA_BN, 0);
-    fa_cp_async_commit();
-    if (n_end - 1 > n_begin) LOAD_KV((n_end - 2) * FA_BN, 1);
-    fa_cp_async_commit();
+    fa_cp_async_commit(); /* Q: its own group, complete before the first tile's */
+#pragma unroll
+    for (int st = 0; st < FA_STAGES - 1; ++st) { /* tiles n_end - 1, n_end - 2, ... */
+        if (n_end - 1 - st >= n_begin) LOAD_KV((n_end - 1 - st) * FA_BN, st);
+        fa_cp_async_commit();
+    }
 
     /* This warpgroup's Q rows; K-major descriptors step 32 bytes per k16 inside an atom. */
     const unsigned sQw = sQ + 64 * wg * 128;
-    for (int it = 0, n = n_end - 1; n >= n_begin; ++it, --n) {
-        const int st = it & 1, n0 = n * FA_BN;
+    for (int n = n_end - 1, st = 0; n >= n_begin; --n, st = st == FA_STAGES - 1 ? 0 : st + 1) {
+        const int n0 = n * FA_BN;
         const unsigned sKs = sK + st * TILE_BYTES(FA_BN), sVs = sV + st * TILE_BYTES(FA_BN);
-        cp_async_wait_one(); /* tile n (and Q) landed; tile n - 1 may still be in flight */
+        cp_async_wait_stages(); /* tile n (and Q) landed; the next FA_STAGES - 2 may fly */
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncthreads();
+        { /* every warp is done with tile n + 1: its stage takes tile n - FA_STAGES + 1 */
+            const int back = st == 0 ? FA_STAGES - 1 : st - 1, nf = n - (FA_STAGES - 1);
+            if (nf >= n_begin) LOAD_KV(nf * FA_BN, back);
+            fa_cp_async_commit();
+        }
 
         /* S = Q K^T: (64, FA_BN) per warpgroup. */
         wg_keep(&acc_s[0][0][0], FA_BN / 2);
@@ -249,10 +260,6 @@ fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
             WG_RS(&acc_o[0][0][0], a[kk], wg_desc(sVs + kk * 2048, FA_BN * 128), 1);
         wg_commit_wait();
         wg_keep(&acc_o[0][0][0], FA_HD / 2);
-
-        __syncthreads(); /* every warpgroup is done with stage st: refill it with tile n - 2 */
-        if (n - 2 >= n_begin) LOAD_KV(n0 - 2 * FA_BN, st);
-        fa_cp_async_commit();
     }
 #undef LOAD_KV
     fwd_store(p, s, h, row0, c.sc, 1.f, acc_o, m_i, l_i);
