@@ -95,6 +95,17 @@ static __device__ __forceinline__ void fwd_scores(const fa_attn_params &p, const
     }
 }
 
+/* The key tiles some row of [m0, m_last] sees: [*n_begin, *n_end) (empty: equal). */
+static __device__ __forceinline__ void fwd_key_tiles(const fa_attn_params &p, const fa_seq &s,
+                                                     int m0, int m_last, int *n_begin, int *n_end) {
+    const int diag0 = s.seqlen_k - s.seqlen_q;
+    const int j_begin = p.window_left < 0 ? 0 : max(0, m0 + diag0 - p.window_left);
+    const int j_end = p.window_right < 0 ? s.seqlen_k
+                                         : min(s.seqlen_k, m_last + diag0 + p.window_right + 1);
+    *n_begin = j_begin / FA_BN;
+    *n_end = j_end > j_begin ? (j_end + FA_BN - 1) / FA_BN : *n_begin;
+}
+
 /* Whether every query row of [m0, m_last] sees every key of [n0, n0 + FA_BN). */
 static __device__ __forceinline__ bool fwd_tile_full(const fa_attn_params &p, const fa_seq &s,
                                                      int m0, int m_last, int n0) {

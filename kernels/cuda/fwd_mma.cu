@@ -137,13 +137,9 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     const kv_stream ks = kv_stream_of(p, s, hk, 0, FA_HD, SK_STRIDE);
     const kv_stream vs = kv_stream_of(p, s, hk, 1, FA_HDV, SV_STRIDE);
 
-    /* The key tiles some row of this CTA sees: [n_begin, n_end). */
-    const int m_last = min(m0 + BM, s.seqlen_q) - 1, diag0 = s.seqlen_k - s.seqlen_q;
-    const int j_begin = p.window_left < 0 ? 0 : max(0, m0 + diag0 - p.window_left);
-    const int j_end = p.window_right < 0 ? s.seqlen_k
-                                         : min(s.seqlen_k, m_last + diag0 + p.window_right + 1);
-    const int n_begin = j_begin / FA_BN;
-    const int n_end = j_end > j_begin ? (j_end + FA_BN - 1) / FA_BN : n_begin;
+    const int m_last = min(m0 + BM, s.seqlen_q) - 1;
+    int n_begin, n_end;
+    fwd_key_tiles(p, s, m0, m_last, &n_begin, &n_end);
 
     float acc_o[FA_MT][FA_HDV / 8][4];
     float m_i[FA_MT][2], l_i[FA_MT][2]; /* m_i in the units of acc_s (times sc: log2 domain) */

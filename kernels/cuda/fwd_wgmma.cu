@@ -16,9 +16,13 @@
  * copies (fence.proxy.async) before that barrier.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD (64 or 128; d = d_v, rounded up), FA_BN (64 or
- * 128), FA_NWG (1 or 2), FA_STAGES (2 or 3). Dense layouts with 16-byte aligned rows (p.vec_io, no block table)
- * and no dropout: fa_cuda_attention (fwd.c) sends everything else to fwd_mma.cu.
+ * 128), FA_NWG (1 or 2), FA_STAGES (2 or 3). Dense layouts with 16-byte aligned rows
+ * (p.vec_io, no block table) and no dropout: fa_cuda_attention (fwd.c) sends everything else
+ * to fwd_mma.cu.
  */
+#if (FA_HD != 64 && FA_HD != 128) || (FA_BN != 64 && FA_BN != 128)
+#error "fwd_wgmma.cu: FA_HD and FA_BN must be 64 or 128"
+#endif
 #define FA_MT 1
 #define FA_HDV FA_HD
 #include "fa_fwd_tile.cuh"
@@ -38,79 +42,56 @@
 #define FA_WG_R8(d, i)                                                                             \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
         "+f"(d[i + 6]), "+f"(d[i + 7])
+/* The accumulator operands of an m64n64 (32 registers) and an m64n128 (64) wgmma. */
+#define FA_WG_ACC32(d) FA_WG_R8(d, 0), FA_WG_R8(d, 8), FA_WG_R8(d, 16), FA_WG_R8(d, 24)
+#define FA_WG_ACC64(d)                                                                             \
+    FA_WG_ACC32(d), FA_WG_R8(d, 32), FA_WG_R8(d, 40), FA_WG_R8(d, 48), FA_WG_R8(d, 56)
+#define FA_WG_REGS32 \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, " \
+    "%30, %31"
+#define FA_WG_REGS64 \
+    FA_WG_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, " \
+    "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, " \
+    "%60, %61, %62, %63"
 
 /* D (m64nN f32 fragment, N / 2 registers) (+)= A B. ss: A and B from shared memory (descriptors
- * da, db, both K-major); rs: A from registers a[4], B from shared memory MN-major. accumulate
- * = 0 ignores D's old value. */
+ * da, db, both K-major); rs: A from registers a[4], B from shared memory MN-major (transposed).
+ * accumulate = 0 ignores D's old value. Only the shapes of this variant are defined. */
+#define FA_WG_SETP(n) "{\n.reg .pred p;\nsetp.ne.b32 p, %" #n ", 0;\nwgmma.mma_async.sync.aligned."
 #if FA_BN == 64
-static __device__ __forceinline__ void wg_ss_n64(float *d, unsigned long long da, unsigned long long db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16" FA_WG_TYPE " {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : FA_WG_R8(d, 0),
-          FA_WG_R8(d, 8),
-          FA_WG_R8(d, 16),
-          FA_WG_R8(d, 24)
-        : "l"(da), "l"(db), "r"(accumulate));
+static __device__ __forceinline__ void wg_ss(float *d, unsigned long long da, unsigned long long db,
+                                             int accumulate) {
+    asm volatile(FA_WG_SETP(34) "m64n64k16" FA_WG_TYPE " {" FA_WG_REGS32
+                 "}, %32, %33, p, 1, 1, 0, 0;\n}"
+                 : FA_WG_ACC32(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+#else
+static __device__ __forceinline__ void wg_ss(float *d, unsigned long long da, unsigned long long db,
+                                             int accumulate) {
+    asm volatile(FA_WG_SETP(66) "m64n128k16" FA_WG_TYPE " {" FA_WG_REGS64
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}"
+                 : FA_WG_ACC64(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
 }
 #endif
-
-#if FA_BN == 128
-static __device__ __forceinline__ void wg_ss_n128(float *d, unsigned long long da, unsigned long long db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16" FA_WG_TYPE " {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : FA_WG_R8(d, 0),
-          FA_WG_R8(d, 8),
-          FA_WG_R8(d, 16),
-          FA_WG_R8(d, 24),
-          FA_WG_R8(d, 32),
-          FA_WG_R8(d, 40),
-          FA_WG_R8(d, 48),
-          FA_WG_R8(d, 56)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-#endif
-
 #if FA_HD == 64
-static __device__ __forceinline__ void wg_rs_n64(float *d, const unsigned *a, unsigned long long db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16" FA_WG_TYPE " {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : FA_WG_R8(d, 0),
-          FA_WG_R8(d, 8),
-          FA_WG_R8(d, 16),
-          FA_WG_R8(d, 24)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+static __device__ __forceinline__ void wg_rs(float *d, const unsigned *a, unsigned long long db,
+                                             int accumulate) {
+    asm volatile(FA_WG_SETP(37) "m64n64k16" FA_WG_TYPE " {" FA_WG_REGS32
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}"
+                 : FA_WG_ACC32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
 }
-#endif
-
-#if FA_HD == 128
-static __device__ __forceinline__ void wg_rs_n128(float *d, const unsigned *a, unsigned long long db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16" FA_WG_TYPE " {"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : FA_WG_R8(d, 0),
-          FA_WG_R8(d, 8),
-          FA_WG_R8(d, 16),
-          FA_WG_R8(d, 24),
-          FA_WG_R8(d, 32),
-          FA_WG_R8(d, 40),
-          FA_WG_R8(d, 48),
-          FA_WG_R8(d, 56)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+#else
+static __device__ __forceinline__ void wg_rs(float *d, const unsigned *a, unsigned long long db,
+                                             int accumulate) {
+    asm volatile(FA_WG_SETP(69) "m64n128k16" FA_WG_TYPE " {" FA_WG_REGS64
+                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}"
+                 : FA_WG_ACC64(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
 }
-#endif
-
-#if FA_BN == 128
-#define WG_SS wg_ss_n128
-#else
-#define WG_SS wg_ss_n64
-#endif
-#if FA_HD == 128
-#define WG_RS wg_rs_n128
-#else
-#define WG_RS wg_rs_n64
 #endif
 
 static __device__ __forceinline__ void wg_fence(void) {
@@ -133,8 +114,8 @@ static __device__ __forceinline__ void wg_keep(float *d, int n) {
  * 1024 (8 rows of 128 bytes). */
 static __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) |
-           (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 | (unsigned long long)(1024 >> 4) << 32 |
-           1ull << 62;
+           (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
+           (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
 }
 
 /* Byte offset of 16-byte chunk c of row r in a (rows, FA_HD) tile in wgmma's 128-byte-swizzled
@@ -179,26 +160,24 @@ fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
     const int wg = threadIdx.x >> 7, row0 = m0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3);
     const fwd_consts c = fwd_consts_of(p, fa_alibi_slope(p, b, h));
 
-    /* The key tiles some row of this CTA sees: [n_begin, n_end). */
-    const int m_last = min(m0 + BM, s.seqlen_q) - 1, diag0 = s.seqlen_k - s.seqlen_q;
-    const int j_begin = p.window_left < 0 ? 0 : max(0, m0 + diag0 - p.window_left);
-    const int j_end = p.window_right < 0 ? s.seqlen_k
-                                         : min(s.seqlen_k, m_last + diag0 + p.window_right + 1);
-    const int n_begin = j_begin / FA_BN;
-    const int n_end = j_end > j_begin ? (j_end + FA_BN - 1) / FA_BN : n_begin;
+    const int m_last = min(m0 + BM, s.seqlen_q) - 1;
+    int n_begin, n_end;
+    fwd_key_tiles(p, s, m0, m_last, &n_begin, &n_end);
 
     /* This thread's copy streams: first row x / CH, column 8 (x % CH) of Q, K, V. */
     const int r0 = threadIdx.x / CH, col = threadIdx.x % CH * 8;
-    const fa_u16 *kp = (const fa_u16 *)p.k + fa_kv_offset(p, s, 0, hk, 0) + r0 * p.k_row_stride + col;
-    const fa_u16 *vp = (const fa_u16 *)p.v + fa_kv_offset(p, s, 0, hk, 1) + r0 * p.v_row_stride + col;
+    const fa_u16 *kp =
+        (const fa_u16 *)p.k + fa_kv_offset(p, s, 0, hk, 0) + r0 * p.k_row_stride + col;
+    const fa_u16 *vp =
+        (const fa_u16 *)p.v + fa_kv_offset(p, s, 0, hk, 1) + r0 * p.v_row_stride + col;
     const int klim = col < p.d ? s.seqlen_k - r0 : -0x40000000; /* minus n0: rows of a tile */
     const int vlim = col < p.d_v ? s.seqlen_k - r0 : -0x40000000;
 #define LOAD_KV(n0, st)                                                                            \
     do {                                                                                           \
-        load_tile(sK + (st) * TILE_BYTES(FA_BN), FA_BN, kp + (n0) * p.k_row_stride, p.k_row_stride, \
-                  klim - (n0), p.k);                                                               \
-        load_tile(sV + (st) * TILE_BYTES(FA_BN), FA_BN, vp + (n0) * p.v_row_stride, p.v_row_stride, \
-                  vlim - (n0), p.v);                                                               \
+        load_tile(sK + (st) * TILE_BYTES(FA_BN), FA_BN, kp + (n0) * p.k_row_stride,              \
+                  p.k_row_stride, klim - (n0), p.k);                                               \
+        load_tile(sV + (st) * TILE_BYTES(FA_BN), FA_BN, vp + (n0) * p.v_row_stride,              \
+                  p.v_row_stride, vlim - (n0), p.v);                                               \
     } while (0)
 
     float acc_s[1][FA_BN / 8][4], acc_o[1][FA_HD / 8][4];
@@ -240,7 +219,7 @@ fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
         wg_fence();
 #pragma unroll
         for (int kq = 0; kq < FA_HD / 16; ++kq)
-            WG_SS(&acc_s[0][0][0], wg_desc(sQw + (kq >> 2) * BM * 128 + (kq & 3) * 32, 16),
+            wg_ss(&acc_s[0][0][0], wg_desc(sQw + (kq >> 2) * BM * 128 + (kq & 3) * 32, 16),
                   wg_desc(sKs + (kq >> 2) * FA_BN * 128 + (kq & 3) * 32, 16), kq > 0);
         wg_commit_wait();
         wg_keep(&acc_s[0][0][0], FA_BN / 2);
@@ -257,7 +236,7 @@ fa_fwd_wgmma(const __grid_constant__ fa_attn_params p) {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < FA_BN / 16; ++kk)
-            WG_RS(&acc_o[0][0][0], a[kk], wg_desc(sVs + kk * 2048, FA_BN * 128), 1);
+            wg_rs(&acc_o[0][0][0], a[kk], wg_desc(sVs + kk * 2048, FA_BN * 128), 1);
         wg_commit_wait();
         wg_keep(&acc_o[0][0][0], FA_HD / 2);
     }

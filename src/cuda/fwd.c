@@ -150,8 +150,9 @@ static bool wgmma_pick(const fa_cuda_state *st, const fa_problem *p, const fa_at
     const char *env = getenv("FLASHATTN_CUDA_WGMMA");
     wgmma_tiles o;
     if (env && strcmp(env, "0") == 0) return false;
-    if (env && sscanf(env, "%d,%d,%d", &o.nwg, &o.bn, &o.stages) == 3 && (o.nwg == 1 || o.nwg == 2) &&
-        (o.bn == 64 || o.bn == 128) && (o.stages == 2 || o.stages == 3))
+    if (env && sscanf(env, "%d,%d,%d", &o.nwg, &o.bn, &o.stages) == 3 &&
+        (o.nwg == 1 || o.nwg == 2) && (o.bn == 64 || o.bn == 128) &&
+        (o.stages == 2 || o.stages == 3))
         *t = o;
     else
         *t = (wgmma_tiles){1, hd == 64 ? 128 : 64, 3};
