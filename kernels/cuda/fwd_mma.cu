@@ -5,9 +5,11 @@
  * tiles of FA_BN keys it can see, last tile first (the masked ones come first). Warp w owns
  * rows [16 * FA_MT * w, 16 * FA_MT * (w + 1)), so softmax needs no inter-warp reduction.
  * S = Q K^T with mma.sync m16n8k16 (Q and K read by ldmatrix), P stays in registers as the
- * A operand of O += P V (V read by ldmatrix.trans). Q, K, V tiles go global -> shared by
- * cp.async into two buffers: K and V of the next tile load while this one is computed.
- * Shared rows are padded by 16 bytes, so ldmatrix reads are free of bank conflicts.
+ * A operand of O += P V (V read by ldmatrix.trans); scores, mask, softmax and output are
+ * fa_fwd_tile.cuh's. Q, K, V tiles go global -> shared by cp.async into two buffers: K and V of
+ * the next tile load while this one is computed, one barrier per tile. Shared rows are padded
+ * by 16 bytes, so ldmatrix reads are free of bank conflicts. On sm_90a, fwd_wgmma.cu takes the
+ * dense d = d_v = 64 / 128 cases without dropout; this kernel does everything else.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_MT,
  * FA_NWARPS, FA_BN, FA_DROPOUT (0/1). Any d, d_v and strides: with p.vec_io (16-byte aligned
