@@ -5,15 +5,18 @@
  * tiles of FA_BN keys it can see, last tile first (the masked ones come first). Warp w owns
  * rows [16 * FA_MT * w, 16 * FA_MT * (w + 1)), so softmax needs no inter-warp reduction.
  * S = Q K^T with mma.sync m16n8k16 (Q and K read by ldmatrix), P stays in registers as the
- * A operand of O += P V (V read by ldmatrix.trans). Q, K, V tiles go global -> shared by
- * cp.async into two buffers: K and V of the next tile load while this one is computed.
- * Shared rows are padded by 16 bytes, so ldmatrix reads are free of bank conflicts.
+ * A operand of O += P V (V read by ldmatrix.trans); scores, mask, softmax and output are
+ * fa_fwd_tile.cuh's. Q, K, V tiles go global -> shared by cp.async into two buffers: K and V of
+ * the next tile load while this one is computed, one barrier per tile. Shared rows are padded
+ * by 16 bytes, so ldmatrix reads are free of bank conflicts. On sm_90a, fwd_wgmma.cu takes the
+ * dense d = d_v = 64 / 128 cases without dropout; this kernel does everything else.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32), FA_MT,
  * FA_NWARPS, FA_BN, FA_DROPOUT (0/1). Any d, d_v and strides: with p.vec_io (16-byte aligned
  * rows, d and d_v multiples of 8) tiles move by cp.async, otherwise element by element; the
  * arithmetic is the same either way, so a strided call gives the bits of a contiguous one.
  */
+#include "fa_fwd_tile.cuh"
 #include "fa_mma.cuh"
 
 #define BM (16 * FA_MT * FA_NWARPS)
@@ -44,7 +47,7 @@ static __device__ __forceinline__ void load_q(const fa_attn_params &p, const fa_
     }
 }
 
-/* Keys [n0, n0 + FA_BN) of kv head hk -> shared (FA_BN, width); is_v selects v. */
+/* Keys [n0, n0 + FA_BN) of kv head hk -> shared (FA_BN, width); is_v selects v. Any layout. */
 static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa_seq &s, int n0,
                                                int hk, int is_v, fa_u16 *dst) {
     const int width = is_v ? FA_HDV : FA_HD, stride = is_v ? SV_STRIDE : SK_STRIDE;
@@ -63,22 +66,61 @@ static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa
     }
 }
 
-static __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+/* The fast copy of dense, 16-byte aligned K or V (width elements per row): width / 8 divides
+ * NTHREADS, so a thread always moves the same 16-byte column, in rows r0, r0 + RSTEP, ...;
+ * its source pointer for key 0 and its shared offset are computed once per CTA. */
+#define KV_FAST(width) (NTHREADS % ((width) / 8) == 0 && FA_BN % (NTHREADS / ((width) / 8)) == 0)
+
+typedef struct kv_stream {
+    const fa_u16 *src; /* key 0 of this sequence and kv head, this thread's row r0 and column */
+    fa_i64 rs;         /* elements between keys */
+    int soff;          /* shared offset (elements) of this thread's first chunk */
+    int r0;            /* this thread's first row; past any key when its column is past d */
+} kv_stream;
+
+static __device__ __forceinline__ kv_stream kv_stream_of(const fa_attn_params &p, const fa_seq &s,
+                                                         int hk, int is_v, int width, int stride) {
+    const int chunks = width / 8, r0 = threadIdx.x / chunks, col = threadIdx.x % chunks * 8;
+    kv_stream k;
+    k.rs = is_v ? p.v_row_stride : p.k_row_stride;
+    k.src = (const fa_u16 *)(is_v ? p.v : p.k) + fa_kv_offset(p, s, 0, hk, is_v) + r0 * k.rs + col;
+    k.soff = r0 * stride + col;
+    k.r0 = col < (is_v ? p.d_v : p.d) ? r0 : 0x40000000;
+    return k;
 }
 
-static __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+/* Keys [n0, n0 + FA_BN) through a kv_stream; rows past the sequence are zero-filled without
+ * being read (their source is the tensor's base). */
+static __device__ __forceinline__ void load_kv_fast(const kv_stream &k, const fa_seq &s, int n0,
+                                                    int width, int stride, const void *base,
+                                                    fa_u16 *dst) {
+    const int rstep = NTHREADS / (width / 8);
+    const int lim = s.seqlen_k - n0 - k.r0; /* pass i is valid iff i * rstep < lim */
+    const fa_u16 *src = k.src + n0 * k.rs;
+    const unsigned sdst = fa_smem_addr(dst + k.soff);
+#pragma unroll
+    for (int i = 0; i < FA_BN / rstep; ++i) {
+        const bool valid = i * rstep < lim;
+        fa_cp_async16(sdst + 2 * i * rstep * stride, valid ? (const void *)src : base, valid);
+        src += rstep * k.rs;
+    }
 }
 
-static __device__ __forceinline__ void fa_cp_async_wait_one(void) {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
-}
+/* K and V of the key tile at n0 into the buffers at sK, sV (one commit group is the caller's). */
+#define LOAD_KV_TILE(n0, sK, sV)                                                                   \
+    do {                                                                                           \
+        if (fast) {                                                                                \
+            load_kv_fast(ks, s, n0, FA_HD, SK_STRIDE, p.k, sK);                                    \
+            load_kv_fast(vs, s, n0, FA_HDV, SV_STRIDE, p.v, sV);                                   \
+        } else {                                                                                   \
+            load_kv(p, s, n0, hk, 0, sK);                                                          \
+            load_kv(p, s, n0, hk, 1, sV);                                                          \
+        }                                                                                          \
+    } while (0)
 
 /* grid (ceil(max s_q / BM), h, b), block NTHREADS, dynamic smem
- * 2 * (BM * SK_STRIDE + 2 * FA_BN * (SK_STRIDE + SV_STRIDE)) bytes. */
+ * 2 * (BM * SK_STRIDE + 2 * FA_BN * (SK_STRIDE + SV_STRIDE)) bytes. Row blocks run last first:
+ * under a causal mask they are the longest, so the short ones fill the tail of the grid. */
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     extern __shared__ __align__(16) fa_u16 smem[];
@@ -86,25 +128,23 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
      * sK0 + b * K_BUF (pointer arithmetic, not an array, which would live in local memory). */
     fa_u16 *sQ = smem, *sK0 = sQ + BM * SK_STRIDE, *sV0 = sK0 + 2 * FA_BN * SK_STRIDE;
     const int K_BUF = FA_BN * SK_STRIDE, V_BUF = FA_BN * SV_STRIDE;
-    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const fa_seq s = fa_seq_of(p, b);
     if (m0 >= s.seqlen_q) return;
     const int hk = h / (p.nheads / p.nheads_k);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wrow0 = warp * 16 * FA_MT; /* this warp's first row within the tile */
-    const float slope = fa_alibi_slope(p, b, h);
-    const bool plain = p.softcap == 0.f && slope == 0.f;
+    const fwd_consts c = fwd_consts_of(p, fa_alibi_slope(p, b, h));
+    const bool fast = KV_FAST(FA_HD) && KV_FAST(FA_HDV) && p.vec_io && !p.block_table;
+    const kv_stream ks = kv_stream_of(p, s, hk, 0, FA_HD, SK_STRIDE);
+    const kv_stream vs = kv_stream_of(p, s, hk, 1, FA_HDV, SV_STRIDE);
 
-    /* The key tiles some row of this CTA sees: [n_begin, n_end). */
-    const int m_last = min(m0 + BM, s.seqlen_q) - 1, diag0 = s.seqlen_k - s.seqlen_q;
-    const int j_begin = p.window_left < 0 ? 0 : max(0, m0 + diag0 - p.window_left);
-    const int j_end = p.window_right < 0 ? s.seqlen_k
-                                         : min(s.seqlen_k, m_last + diag0 + p.window_right + 1);
-    const int n_begin = j_begin / FA_BN;
-    const int n_end = j_end > j_begin ? (j_end + FA_BN - 1) / FA_BN : n_begin;
+    const int m_last = min(m0 + BM, s.seqlen_q) - 1;
+    int n_begin, n_end;
+    fwd_key_tiles(p, s, m0, m_last, &n_begin, &n_end);
 
     float acc_o[FA_MT][FA_HDV / 8][4];
-    float m_i[FA_MT][2], l_i[FA_MT][2];
+    float m_i[FA_MT][2], l_i[FA_MT][2]; /* m_i in the units of acc_s (times sc: log2 domain) */
 #pragma unroll
     for (int mt = 0; mt < FA_MT; ++mt) {
 #pragma unroll
@@ -116,22 +156,20 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
     }
 
     load_q(p, s, m0, h, sQ);
-    if (n_end > n_begin) {
-        load_kv(p, s, (n_end - 1) * FA_BN, hk, 0, sK0);
-        load_kv(p, s, (n_end - 1) * FA_BN, hk, 1, sV0);
-    }
+    if (n_end > n_begin) LOAD_KV_TILE((n_end - 1) * FA_BN, sK0, sV0);
     fa_cp_async_commit();
 
     for (int n = n_end - 1, buf = 0; n >= n_begin; --n, buf ^= 1) {
         const int n0 = n * FA_BN;
         const fa_u16 *sK = sK0 + buf * K_BUF, *sV = sV0 + buf * V_BUF;
-        if (n > n_begin) { /* the next tile into the other buffers, while this one computes */
-            load_kv(p, s, n0 - FA_BN, hk, 0, sK0 + (buf ^ 1) * K_BUF);
-            load_kv(p, s, n0 - FA_BN, hk, 1, sV0 + (buf ^ 1) * V_BUF);
+        fa_cp_async_wait_all();
+        /* One barrier per tile: K(n), V(n) (and Q) are in shared memory, and every warp is done
+         * with tile n + 1, whose buffers the next tile now refills while this one computes. */
+        __syncthreads();
+        if (n > n_begin) {
+            LOAD_KV_TILE(n0 - FA_BN, sK0 + (buf ^ 1) * K_BUF, sV0 + (buf ^ 1) * V_BUF);
+            fa_cp_async_commit();
         }
-        fa_cp_async_commit(); /* possibly empty: one group per iteration */
-        fa_cp_async_wait_one();
-        __syncthreads(); /* K(n), V(n) (and Q) in shared memory */
 
         /* S = Q K^T: (16 * FA_MT, FA_BN) per warp. */
         float acc_s[FA_MT][FA_BN / 8][4];
@@ -142,18 +180,18 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.f;
 #pragma unroll
-        for (int ks = 0; ks < FA_HD / 16; ++ks) {
+        for (int kq = 0; kq < FA_HD / 16; ++kq) {
             unsigned a[FA_MT][4];
 #pragma unroll
             for (int mt = 0; mt < FA_MT; ++mt)
                 fa_ldmatrix_x4(a[mt], fa_smem_addr(sQ + (wrow0 + mt * 16 + (lane & 15)) * SK_STRIDE +
-                                                   ks * 16 + (lane >> 4) * 8));
+                                                   kq * 16 + (lane >> 4) * 8));
 #pragma unroll
             for (int np = 0; np < FA_BN / 16; ++np) {
                 unsigned bk[4];
                 fa_ldmatrix_x4(bk, fa_smem_addr(sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *
                                                          SK_STRIDE +
-                                                     ks * 16 + ((lane >> 3) & 1) * 8));
+                                                     kq * 16 + ((lane >> 3) & 1) * 8));
 #pragma unroll
                 for (int mt = 0; mt < FA_MT; ++mt) {
                     fa_mma16816(acc_s[mt][2 * np], a[mt], bk[0], bk[1]);
@@ -162,75 +200,12 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
             }
         }
 
-        /* Scores in the log2 domain; the mask only on tiles that need it. Uniform branches
-         * around whole loops, so the plain path never pays for softcap/ALiBi/mask code. */
-        const bool full = n0 + FA_BN <= s.seqlen_k &&
-                          (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
-                          (p.window_right < 0 || n0 + FA_BN - 1 <= m0 + diag0 + p.window_right);
-        if (plain) {
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] *= p.scale_log2;
-        } else {
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
-                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                        acc_s[mt][nt][e] = fa_score(p, s, acc_s[mt][nt][e], slope, i, j) * FA_LOG2E;
-                    }
-        }
-        if (!full) {
-#pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int i = m0 + wrow0 + mt * 16 + g + 8 * (e >> 1);
-                        const int j = n0 + nt * 8 + 2 * t + (e & 1);
-                        if (!fa_visible(p, s, i, j)) acc_s[mt][nt][e] = -FA_INF;
-                    }
-        }
-
-        /* Online softmax: rescale acc_o and l_i by exp2(m_old - m_new), P = exp2(S - m_new). */
-#pragma unroll
-        for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                float mx = -FA_INF;
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-                    mx = fmaxf(mx, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
-                const float m_new = fmaxf(m_i[mt][half], quad_max(mx));
-                const float m_use = m_new == -FA_INF ? 0.f : m_new; /* avoid -inf - -inf */
-                const float alpha = fa_exp2(m_i[mt][half] - m_use);
-                m_i[mt][half] = m_new;
-                float sum = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < FA_BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 2 * half; e < 2 * half + 2; ++e) {
-                        const float pr = fa_exp2(acc_s[mt][nt][e] - m_use);
-                        acc_s[mt][nt][e] = pr;
-                        sum += pr;
-                    }
-                l_i[mt][half] = l_i[mt][half] * alpha + sum;
-#pragma unroll
-                for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                    acc_o[mt][nv][2 * half] *= alpha;
-                    acc_o[mt][nv][2 * half + 1] *= alpha;
-                }
-            }
+        fwd_scores(p, s, c, fwd_tile_full(p, s, m0, m_last, n0), m0 + wrow0, n0, acc_s);
+        fwd_softmax(c.sc, acc_s, acc_o, m_i, l_i);
 
 #if FA_DROPOUT
         /* Zero the dropped probabilities (l_i keeps them; 1 / (1 - p) is applied at the end). */
+        const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int mt = 0; mt < FA_MT; ++mt)
 #pragma unroll
@@ -251,12 +226,7 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
         for (int kk = 0; kk < FA_BN / 16; ++kk) {
             unsigned a[FA_MT][4];
 #pragma unroll
-            for (int mt = 0; mt < FA_MT; ++mt) {
-                a[mt][0] = fa_pack2(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
-                a[mt][1] = fa_pack2(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
-                a[mt][2] = fa_pack2(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
-                a[mt][3] = fa_pack2(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
-            }
+            for (int mt = 0; mt < FA_MT; ++mt) fwd_p_frag(acc_s, mt, kk, a[mt]);
 #pragma unroll
             for (int np = 0; np < FA_HDV / 16; ++np) {
                 unsigned bv[4];
@@ -270,35 +240,11 @@ fa_fwd_mma(const __grid_constant__ fa_attn_params p) {
                 }
             }
         }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
 
-    /* out = acc_o / l_i; lse = ln(sum exp(s)) = (m_i + log2(l_i)) * ln 2; empty rows: 0, +inf. */
-#pragma unroll
-    for (int mt = 0; mt < FA_MT; ++mt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int i = m0 + wrow0 + mt * 16 + g + 8 * half;
-            const float l = quad_sum(l_i[mt][half]);
-            if (i >= s.seqlen_q) continue;
-            float inv = l > 0.f ? 1.f / l : 0.f;
 #if FA_DROPOUT
-            inv *= p.dropout_scale;
+    fwd_store(p, s, h, m0 + wrow0, c.sc, p.dropout_scale, acc_o, m_i, l_i);
+#else
+    fwd_store(p, s, h, m0 + wrow0, c.sc, 1.f, acc_o, m_i, l_i);
 #endif
-            fa_u16 *out = (fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
-#pragma unroll
-            for (int nv = 0; nv < FA_HDV / 8; ++nv) {
-                const int col = nv * 8 + 2 * t;
-                const float x0 = acc_o[mt][nv][2 * half] * inv, x1 = acc_o[mt][nv][2 * half + 1] * inv;
-                if (p.vec_io) {
-                    if (col < p.d_v) *(unsigned *)(out + col) = fa_pack2(x0, x1);
-                } else { /* same rounding as fa_pack2 */
-                    if (col < p.d_v) out[col] = fa_from_float(x0);
-                    if (col + 1 < p.d_v) out[col + 1] = fa_from_float(x1);
-                }
-            }
-            if (t == 0)
-                p.lse[fa_lse_offset(p, s, i, h)] =
-                    l > 0.f ? (m_i[mt][half] + log2f(l)) * FA_LN2 : FA_INF;
-        }
 }

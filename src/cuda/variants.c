@@ -28,7 +28,7 @@ static bool tiles_override(fa_fwd_tiles *t) {
 fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv, int smem_limit) {
     fa_fwd_tiles t;
     if (tiles_override(&t)) return t;
-    static const fa_fwd_tiles small[] = {{1, 8, 64}, {1, 4, 64}, {1, 4, 32}};
+    static const fa_fwd_tiles small[] = {{2, 4, 64}, {1, 4, 64}, {1, 4, 32}};
     static const fa_fwd_tiles medium[] = {{2, 4, 64}, {1, 4, 64}, {1, 4, 32}};
     static const fa_fwd_tiles large[] = {{1, 4, 64}, {1, 4, 32}, {1, 4, 16}};
     const int widest = hd > hdv ? hd : hdv;
