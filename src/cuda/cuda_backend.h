@@ -54,6 +54,15 @@ fa_fwd_tiles fa_fwd_mma_tiles(int hd, int hdv, int smem_limit);
 unsigned fa_fwd_mma_smem(int hd, int hdv, fa_fwd_tiles tiles);
 void fa_fwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
                         fa_fwd_tiles tiles);
+
+/* Tiles of the sm_90a forward (fwd_wgmma.cu): 64 * nwg query rows by bn keys, K and V in
+ * `stages` stages. */
+typedef struct fa_wgmma_tiles {
+    int nwg, bn, stages;
+} fa_wgmma_tiles;
+fa_wgmma_tiles fa_fwd_wgmma_tiles(int hd);
+unsigned fa_fwd_wgmma_smem(int hd, fa_wgmma_tiles tiles);
+void fa_fwd_wgmma_defines(char *out, size_t size, int dtype, int hd, fa_wgmma_tiles tiles);
 void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max);
 fa_status fa_cuda_precompile(const char *arch, int *num_variants);
 

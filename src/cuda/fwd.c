@@ -126,37 +126,26 @@ fa_status fa_cuda_fwd_workspace(fa_context *ctx, const fa_problem *p, const fa_f
 
 static unsigned ceil_div(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
-/* Tiles of the wgmma forward: 64 * nwg query rows by bn keys, K and V in `stages` stages. */
-typedef struct wgmma_tiles {
-    int nwg, bn, stages;
-} wgmma_tiles;
-
-/* Shared memory of the wgmma forward: Q, the K and V stages, 1024 bytes of alignment. */
-static unsigned wgmma_smem(int hd, wgmma_tiles t) {
-    return 2u * (64u * (unsigned)t.nwg + 2u * (unsigned)(t.stages * t.bn)) * (unsigned)hd + 1024;
-}
-
 /* The sm_90a wgmma forward (fwd_wgmma.cu) takes f16/bf16 on compute capability 9.0 with d = d_v
- * rounding to 64 or 128, dense 16-byte aligned rows and no dropout. Tiles (H100, docs/cuda.md):
- * one warpgroup of 64 rows (two CTAs per SM) by 64 keys (d 128) or 128 keys (d 64), three
- * stages. FLASHATTN_CUDA_WGMMA="nwg,bn,stages" overrides them and "0" turns the kernel off
+ * rounding to 64 or 128, dense 16-byte aligned rows and no dropout; tiles from
+ * fa_fwd_wgmma_tiles. FLASHATTN_CUDA_WGMMA="nwg,bn,stages" overrides them and "0" turns the kernel off
  * (tuning experiments only). */
 static bool wgmma_pick(const fa_cuda_state *st, const fa_problem *p, const fa_attn_params *params,
-                       wgmma_tiles *t) {
+                       fa_wgmma_tiles *t) {
     const int hd = fa_round_hd(p->d);
     if (st->cc != 90 || p->d != p->d_v || (hd != 64 && hd != 128) || p->dropout_p > 0.f ||
         !params->vec_io || params->block_table)
         return false;
     const char *env = getenv("FLASHATTN_CUDA_WGMMA");
-    wgmma_tiles o;
+    fa_wgmma_tiles o;
     if (env && strcmp(env, "0") == 0) return false;
     if (env && sscanf(env, "%d,%d,%d", &o.nwg, &o.bn, &o.stages) == 3 &&
         (o.nwg == 1 || o.nwg == 2) && (o.bn == 64 || o.bn == 128) &&
         (o.stages == 2 || o.stages == 3))
         *t = o;
     else
-        *t = (wgmma_tiles){1, hd == 64 ? 128 : 64, 3};
-    return (int)wgmma_smem(hd, *t) <= st->smem_optin;
+        *t = fa_fwd_wgmma_tiles(hd);
+    return (int)fa_fwd_wgmma_smem(hd, *t) <= st->smem_optin;
 }
 
 /* The attention kernel for params (tensor-core for f16/bf16, SIMT for f32); the caller has made
@@ -164,18 +153,16 @@ static bool wgmma_pick(const fa_cuda_state *st, const fa_problem *p, const fa_at
 fa_status fa_cuda_attention(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
     fa_launch l;
     memset(&l, 0, sizeof l);
-    wgmma_tiles w;
+    fa_wgmma_tiles w;
     if ((p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) &&
         wgmma_pick(fa_cuda_state_of(ctx), p, params, &w)) {
         const int hd = fa_round_hd(p->d);
         l.program = "fwd_wgmma.cu";
         l.kernel = "fa_fwd_wgmma";
-        snprintf(l.defines, sizeof l.defines,
-                 "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BN=%d -DFA_NWG=%d -DFA_STAGES=%d", p->dtype, hd,
-                 w.bn, w.nwg, w.stages);
+        fa_fwd_wgmma_defines(l.defines, sizeof l.defines, p->dtype, hd, w);
         l.grid[0] = ceil_div(p->max_seqlen_q, 64 * w.nwg);
         l.block = 128u * (unsigned)w.nwg;
-        l.smem = wgmma_smem(hd, w);
+        l.smem = fa_fwd_wgmma_smem(hd, w);
     } else if (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) {
         const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
         const fa_fwd_tiles t = fa_fwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);

@@ -3,7 +3,8 @@
  * the list fa_precompile compiles ("every shipped variant").
  *
  * Shipped = what the dispatcher picks for d == d_v: the tensor-core forward for f16/bf16 at
- * every padded head dim (32..256) with and without dropout, and the SIMT forward (f32 and
+ * every padded head dim (32..256) with and without dropout (and the sm_90a wgmma forward at
+ * d 64 and 128), and the SIMT forward (f32 and
  * attn_probs) and backward for f32/f16/bf16 at every width, the split-KV decode for f16/bf16 at
  * every padded head dim. Other combinations (d != d_v in the tensor-core forward and the
  * decode) compile at first use.
@@ -85,6 +86,20 @@ void fa_decode_defines(char *out, size_t size, int dtype, int hd, int hdv, fa_de
              dtype, hd, hdv, t.nwarps, t.stages, t.kc);
 }
 
+/* H100 (docs/cuda.md): one warpgroup of 64 rows (two CTAs per SM) by 64 keys (d 128) or 128
+ * keys (d 64), three stages. */
+fa_wgmma_tiles fa_fwd_wgmma_tiles(int hd) { return (fa_wgmma_tiles){1, hd == 64 ? 128 : 64, 3}; }
+
+/* Q, the K and V stages, 1024 bytes of alignment. */
+unsigned fa_fwd_wgmma_smem(int hd, fa_wgmma_tiles t) {
+    return 2u * (64u * (unsigned)t.nwg + 2u * (unsigned)(t.stages * t.bn)) * (unsigned)hd + 1024;
+}
+
+void fa_fwd_wgmma_defines(char *out, size_t size, int dtype, int hd, fa_wgmma_tiles t) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BN=%d -DFA_NWG=%d -DFA_STAGES=%d", dtype, hd,
+             t.bn, t.nwg, t.stages);
+}
+
 void fa_simt_defines(char *out, size_t size, int dtype, int64_t d_max) {
     snprintf(out, size, "-DFA_DTYPE=%d -DFA_CHUNKS=%d", dtype, (int)((d_max + 31) / 32));
 }
@@ -110,6 +125,13 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
                 fa_fwd_mma_defines(defines, sizeof defines, dtype, hd, hd, dropout,
                                    fa_fwd_mma_tiles(hd, hd, smem_limit));
                 FA_FORWARD_IF(fa_jit_precompile_one("fwd_mma.cu", defines, arch, true));
+                ++count;
+            }
+    if (strcmp(arch, "sm_90a") == 0) /* wgmma exists on sm_90a only */
+        for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
+            for (int hd = 64; hd <= 128; hd += 64) {
+                fa_fwd_wgmma_defines(defines, sizeof defines, dtype, hd, fa_fwd_wgmma_tiles(hd));
+                FA_FORWARD_IF(fa_jit_precompile_one("fwd_wgmma.cu", defines, arch, true));
                 ++count;
             }
     static const char *const simt_programs[] = {"fwd_simt.cu", "bwd_simt.cu"};
