@@ -53,4 +53,16 @@ static __device__ __forceinline__ void fa_cp_async_wait_all(void) {
     asm volatile("cp.async.wait_all;" ::: "memory");
 }
 
+/* 8 elements global -> shared, of which the first n_valid exist (zeros after them): cp.async
+ * when vec (n_valid is then 0 or 8), element by element otherwise. */
+static __device__ __forceinline__ void fa_copy8(fa_u16 *dst, const fa_u16 *src, int n_valid,
+                                                bool vec) {
+    if (vec) {
+        fa_cp_async16(fa_smem_addr(dst), src, n_valid > 0);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = e < n_valid ? src[e] : (fa_u16)0;
+    }
+}
+
 #endif /* FA_MMA_CUH */

@@ -81,4 +81,15 @@ void fa_cuda_fill_common(const fa_problem *p, fa_attn_params *params);
 /* Strides of a (b, s, h, d) or varlen (total, h, d) tensor into batch/row/head strides. */
 void fa_cuda_rows(const fa_tensor *t, bool varlen, fa_i64 *batch, fa_i64 *row, fa_i64 *head);
 
+/* ---------------------------------------------------------------- tensor-core backward */
+/* Tiles of bwd_mma.cu: bm query rows per block, nwarps warps, 16 * nwarps keys per CTA. */
+typedef struct fa_bwd_tiles {
+    int bm, nwarps;
+} fa_bwd_tiles;
+fa_bwd_tiles fa_bwd_mma_tiles(int hd, int hdv, int smem_limit);
+unsigned fa_bwd_mma_smem(int hd, int hdv, fa_bwd_tiles tiles);
+void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
+                        fa_bwd_tiles tiles);
+fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count);
+
 #endif /* FA_CUDA_BACKEND_H */
