@@ -346,15 +346,19 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
                     fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
                 }
             }
+            /* Lanes t, t ^ 1 swap halves so that even t holds row g, odd t row g + 8, each with 4
+             * consecutive dims: one 16-byte reduction per tile instead of four scalar ones. */
+            const bool odd = t & 1;
+            const int i = w.m0 + mrow + g + (odd ? 8 : 0);
+            float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * (t & 2);
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int i = w.m0 + mrow + g + 8 * half;
-                if (i >= s.seqlen_q) continue;
-                float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * t;
-#pragma unroll
-                for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
-                    atomicAdd(row + nt * 8, acc_dq[nt][2 * half]);
-                    atomicAdd(row + nt * 8 + 1, acc_dq[nt][2 * half + 1]);
+            for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+                const float *c = acc_dq[nt];
+                const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+                const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+                if (i < s.seqlen_q) {
+                    if (odd) fa_red_add4(row + nt * 8, r0, r1, c[2], c[3]);
+                    else fa_red_add4(row + nt * 8, c[0], c[1], r0, r1);
                 }
             }
         }
