@@ -35,8 +35,8 @@
 #define DQ_WN (BN / FA_BM)      /* warps along the head dim of dQ = dS K */
 #define DQ_WIDTH (FA_HD / DQ_WN) /* head dims of dQ per warp */
 
-#if BN != FA_BM && BN != 2 * FA_BM
-#error "BN must be FA_BM or 2 * FA_BM"
+#if BN % FA_BM != 0 || BN / FA_BM > 4
+#error "BN must be FA_BM, 2 * FA_BM or 4 * FA_BM"
 #endif
 #if DQ_WIDTH % 16 != 0
 #error "FA_HD / (BN / FA_BM) must be a multiple of 16"
@@ -140,7 +140,8 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
 #define MMA_ABT(acc, sA, a_stride, sB, b_stride, NT, KSTEPS)                                      \
     _Pragma("unroll") for (int ks = 0; ks < (KSTEPS); ++ks) {                                      \
         unsigned a[4];                                                                             \
-        fa_ldmatrix_x4(a, fa_smem_addr((sA) + (lane & 15) * (a_stride) + ks * 16 + (lane >> 4) * 8)); \
+        fa_ldmatrix_x4(a, fa_smem_addr((sA) + (lane & 15) * (a_stride) + ks * 16 +                 \
+                                       (lane >> 4) * 8));                                          \
         _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
             unsigned bb[4];                                                                        \
             fa_ldmatrix_x4(bb, fa_smem_addr((sB) + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *   \
@@ -151,24 +152,73 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
         }                                                                                          \
     }
 
-/* acc[nt] (16 x NT*8) += A B where A is the k16 fragments packed from the C tiles c[2kk],
- * c[2kk+1] (16 x FA_BM, registers) and B (FA_BM x NT*8) is row-major in shared memory (k rows). */
-#define MMA_CB(acc, c, sB, b_stride, NT)                                                           \
+/* acc[nt] (16 x NT*8) += A B: A (16 x FA_BM) is pa[kk], the k16 fragments of the warp's score
+ * tiles packed to 16 bits; B (FA_BM x NT*8) is row-major in shared memory (k rows). */
+#define MMA_CB(acc, pa, sB, b_stride, NT)                                                          \
     _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
-        unsigned a[4];                                                                             \
-        a[0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                               \
-        a[1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                               \
-        a[2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                       \
-        a[3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                       \
         _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
             unsigned bb[4];                                                                        \
             fa_ldmatrix_x4_trans(bb, fa_smem_addr((sB) + (kk * 16 + (lane & 7) +                   \
                                                           ((lane >> 3) & 1) * 8) * (b_stride) +    \
                                                   np * 16 + (lane >> 4) * 8));                     \
-            fa_mma16816(acc[2 * np], a, bb[0], bb[1]);                                             \
-            fa_mma16816(acc[2 * np + 1], a, bb[2], bb[3]);                                         \
+            fa_mma16816(acc[2 * np], pa[kk], bb[0], bb[1]);                                        \
+            fa_mma16816(acc[2 * np + 1], pa[kk], bb[2], bb[3]);                                    \
         }                                                                                          \
     }
+
+/* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
+#define PACK_A(pa, c)                                                                              \
+    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
+        pa[kk][0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                          \
+        pa[kk][1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                          \
+        pa[kk][2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                  \
+        pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
+    }
+
+/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS:
+ * warp -> 16 query rows x DQ_WIDTH dims; A = dS by ldmatrix.trans of sdS, B = K (keys x dims,
+ * ldmatrix.trans). Lanes t, t ^ 1 then swap halves so that even t holds row g, odd t row g + 8,
+ * each with 4 consecutive dims: one 16-byte reduction per tile instead of four scalar ones. */
+static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
+                                                 walk_pos w, const fa_u16 *sdS,
+                                                 const fa_u16 *sK) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
+    float acc_dq[DQ_WIDTH / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dq[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ++ks) {
+        unsigned a[4];
+        const int mat = lane >> 3;
+        const int key = ks * 16 + (lane & 7) + (mat >> 1) * 8;
+        fa_ldmatrix_x4_trans(a, fa_smem_addr(sdS + key * SS_STRIDE + mrow + (mat & 1) * 8));
+#pragma unroll
+        for (int np = 0; np < DQ_WIDTH / 16; ++np) {
+            unsigned bb[4];
+            const int key = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            fa_ldmatrix_x4_trans(
+                bb, fa_smem_addr(sK + key * SQ_STRIDE + dim0 + np * 16 + (lane >> 4) * 8));
+            fa_mma16816(acc_dq[2 * np], a, bb[0], bb[1]);
+            fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
+        }
+    }
+    const bool odd = t & 1;
+    const int i = w.m0 + mrow + g + (odd ? 8 : 0);
+    float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * (t & 2);
+#pragma unroll
+    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+        const float *c = acc_dq[nt];
+        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+        if (i < s.seqlen_q) {
+            if (odd) fa_red_add4(row + nt * 8, r0, r1, c[2], c[3]);
+            else fa_red_add4(row + nt * 8, c[0], c[1], r0, r1);
+        }
+    }
+}
 
 /* A warp's 16 rows of dK or dV (acc: NT tiles of 16 x 8) times mul -> rows g (row0) and g + 8
  * (row8) of the output, those that exist (ok0, ok8), dims < dim. */
@@ -189,15 +239,16 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
     }
 
 /* grid (ceil(max s_k / BN), h_k, b), block NTHREADS, dynamic smem fa_bwd_mma_smem bytes:
- * sK (BN, SQ), sV (BN, SV), sQ 2 x (FA_BM, SQ), sdO 2 x (FA_BM, SV), sdS (BN, SS) 16-bit;
- * sL, sD 2 x FA_BM f32. */
+ * sK (BN, SQ), sV (BN, SV), sQ 2 x (FA_BM, SQ), sdO 2 x (FA_BM, SV), sdS 2 x (BN, SS) 16-bit;
+ * sL, sD 2 x FA_BM f32. Block it uses buffers it & 1; its dQ update runs in iteration it + 1,
+ * after the one barrier per iteration has made every warp's dS^T visible. */
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
     extern __shared__ __align__(16) fa_u16 smem[];
     fa_u16 *sK = smem, *sV = sK + BN * SQ_STRIDE, *sQ0 = sV + BN * SV_STRIDE;
-    fa_u16 *sdO0 = sQ0 + 2 * FA_BM * SQ_STRIDE, *sdS = sdO0 + 2 * FA_BM * SV_STRIDE;
-    float *sL0 = (float *)(sdS + BN * SS_STRIDE), *sD0 = sL0 + 2 * FA_BM;
-    const int Q_BUF = FA_BM * SQ_STRIDE, DO_BUF = FA_BM * SV_STRIDE;
+    fa_u16 *sdO0 = sQ0 + 2 * FA_BM * SQ_STRIDE, *sdS0 = sdO0 + 2 * FA_BM * SV_STRIDE;
+    float *sL0 = (float *)(sdS0 + 2 * BN * SS_STRIDE), *sD0 = sL0 + 2 * FA_BM;
+    const int Q_BUF = FA_BM * SQ_STRIDE, DO_BUF = FA_BM * SV_STRIDE, DS_BUF = BN * SS_STRIDE;
 
     const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * BN;
     const fa_seq s = fa_seq_of(p, b);
@@ -240,13 +291,16 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
         const fa_u16 *sQ = sQ0 + buf * Q_BUF, *sdO = sdO0 + buf * DO_BUF;
         const float *sL = sL0 + buf * FA_BM, *sD = sD0 + buf * FA_BM;
         fa_cp_async_wait_all();
-        __syncthreads(); /* block it in shared memory; every warp done with block it - 1 */
+        __syncthreads(); /* block it in shared memory, dS^T of block it - 1 complete; every
+                          * warp done with block it - 1 and the dQ update of block it - 2 */
         if (it + 1 < total) {
             load_q_block(p, s, walk_at(it + 1, nblk, m_begin, h0), sQ0 + (buf ^ 1) * Q_BUF,
                          sdO0 + (buf ^ 1) * DO_BUF, sL0 + (buf ^ 1) * FA_BM,
                          sD0 + (buf ^ 1) * FA_BM);
             fa_cp_async_commit();
         }
+        if (it > 0)
+            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), sdS0 + (buf ^ 1) * DS_BUF, sK);
 
         /* S^T = K Q^T and dP^T = V dO^T: (16 keys, FA_BM queries) per warp. */
         float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4];
@@ -306,62 +360,28 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
                 }
         }
 
-        /* dS^T -> sdS (keys x queries, 16-bit) for dQ = dS K. */
+        /* P~^T and dS^T as 16-bit A fragments; dS^T -> sdS (keys x queries) for dQ = dS K. */
+        unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];
+        PACK_A(pa_p, acc_s);
+        PACK_A(pa_ds, acc_dp);
+        fa_u16 *sdS = sdS0 + buf * DS_BUF;
 #pragma unroll
-        for (int nt = 0; nt < FA_BM / 8; ++nt) {
-            fa_u16 *row = sdS + (kw0 + g) * SS_STRIDE + nt * 8 + 2 * t;
-            *(unsigned *)row = fa_pack2(acc_dp[nt][0], acc_dp[nt][1]);
-            *(unsigned *)(row + 8 * SS_STRIDE) = fa_pack2(acc_dp[nt][2], acc_dp[nt][3]);
+        for (int kk = 0; kk < FA_BM / 16; ++kk) {
+            fa_u16 *row = sdS + (kw0 + g) * SS_STRIDE + kk * 16 + 2 * t;
+            *(unsigned *)row = pa_ds[kk][0];
+            *(unsigned *)(row + 8 * SS_STRIDE) = pa_ds[kk][1];
+            *(unsigned *)(row + 8) = pa_ds[kk][2];
+            *(unsigned *)(row + 8 * SS_STRIDE + 8) = pa_ds[kk][3];
         }
 
-        /* dV += P~^T dO, dK += dS^T Q: the score tiles are the A operands as they lie. */
-        MMA_CB(acc_dv, acc_s, sdO, SV_STRIDE, FA_HDV / 8);
-        MMA_CB(acc_dk, acc_dp, sQ, SQ_STRIDE, FA_HD / 8);
-        __syncthreads(); /* sdS complete */
-
-        /* dQ_i += dS K: warp -> 16 query rows x DQ_WIDTH dims; A = dS from sdS (transposed),
-         * B = K (keys x dims, ldmatrix.trans). */
-        {
-            const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
-            float acc_dq[DQ_WIDTH / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < DQ_WIDTH / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc_dq[nt][e] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < BN / 16; ++ks) {
-                unsigned a[4];
-                const int mat = lane >> 3;
-                fa_ldmatrix_x4_trans(a, fa_smem_addr(sdS + (ks * 16 + (lane & 7) + (mat >> 1) * 8) *
-                                                               SS_STRIDE +
-                                                     mrow + (mat & 1) * 8));
-#pragma unroll
-                for (int np = 0; np < DQ_WIDTH / 16; ++np) {
-                    unsigned bb[4];
-                    fa_ldmatrix_x4_trans(
-                        bb, fa_smem_addr(sK + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) *
-                                                  SQ_STRIDE +
-                                         dim0 + np * 16 + (lane >> 4) * 8));
-                    fa_mma16816(acc_dq[2 * np], a, bb[0], bb[1]);
-                    fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
-                }
-            }
-            /* Lanes t, t ^ 1 swap halves so that even t holds row g, odd t row g + 8, each with 4
-             * consecutive dims: one 16-byte reduction per tile instead of four scalar ones. */
-            const bool odd = t & 1;
-            const int i = w.m0 + mrow + g + (odd ? 8 : 0);
-            float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * (t & 2);
-#pragma unroll
-            for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
-                const float *c = acc_dq[nt];
-                const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
-                const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
-                if (i < s.seqlen_q) {
-                    if (odd) fa_red_add4(row + nt * 8, r0, r1, c[2], c[3]);
-                    else fa_red_add4(row + nt * 8, c[0], c[1], r0, r1);
-                }
-            }
-        }
+        /* dV += P~^T dO, dK += dS^T Q. */
+        MMA_CB(acc_dv, pa_p, sdO, SV_STRIDE, FA_HDV / 8);
+        MMA_CB(acc_dk, pa_ds, sQ, SQ_STRIDE, FA_HD / 8);
+    }
+    if (total > 0) {
+        __syncthreads(); /* dS^T of the last block complete */
+        dq_update(p, s, walk_at(total - 1, nblk, m_begin, h0), sdS0 + ((total - 1) & 1) * DS_BUF,
+                  sK);
     }
 
     /* dK = acc_dk * scale, dV = acc_dv; keys past the sequence are not written. */

@@ -98,11 +98,12 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
 static bool bwd_tiles_override(fa_bwd_tiles *t) {
     const char *env = getenv("FLASHATTN_CUDA_BWD_TILES");
     return env && sscanf(env, "%d,%d", &t->bm, &t->nwarps) == 2 && t->bm >= 16 &&
-           t->bm % 16 == 0 && (t->nwarps * 16 == t->bm || t->nwarps * 16 == 2 * t->bm);
+           t->bm % 16 == 0 && t->nwarps >= 1 && t->nwarps <= 16 && t->nwarps * 16 % t->bm == 0 &&
+           t->nwarps * 16 / t->bm <= 4;
 }
 
 /* Candidates per head dim (<= 128), best first; the first whose shared memory fits is taken.
- * The kernel needs BN = 16 * nwarps to be bm or 2 * bm and hd / (BN / bm) a multiple of 16. */
+ * The kernel needs BN = 16 * nwarps to be 1, 2 or 4 times bm and hd / (BN / bm) a multiple of 16. */
 fa_bwd_tiles fa_bwd_mma_tiles(int hd, int hdv, int smem_limit) {
     fa_bwd_tiles t;
     if (bwd_tiles_override(&t)) return t;
@@ -115,11 +116,11 @@ fa_bwd_tiles fa_bwd_mma_tiles(int hd, int hdv, int smem_limit) {
     return list[2];
 }
 
-/* K, V (bn rows), Q and dO (2 x bm rows), dS (bn x bm), 16-bit; lse and D (2 x bm) f32. */
+/* K, V (bn rows), Q and dO (2 x bm rows), dS (2 x bn x bm), 16-bit; lse, D (2 x bm) f32. */
 unsigned fa_bwd_mma_smem(int hd, int hdv, fa_bwd_tiles t) {
     const int bn = 16 * t.nwarps;
     return (unsigned)(2 * (bn * (hd + 8 + hdv + 8) + 2 * t.bm * (hd + 8 + hdv + 8) +
-                           bn * (t.bm + 8)) +
+                           2 * bn * (t.bm + 8)) +
                       4 * 4 * t.bm);
 }
 
