@@ -10,7 +10,8 @@
  *                      S^T = K Q^T, P^T = exp2(S^T * scale_log2 - lse * log2e)   (masked -> 0)
  *                      dP^T = V dO^T, dS^T = P^T (dP^T - D)                       (registers)
  *                      dV += P^T dO, dK += dS^T Q        (P^T, dS^T are the A operands in place)
- *                      dQ_i += dS K                      (dS through shared memory, f32 atomics)
+ *                      dQ_i += dS K      (dS through shared memory, f32 vector reductions,
+ *                                         in the next iteration, after its barrier)
  *                    Q_i, dO_i (and lse_i, D_i) of the next block load by cp.async into a second
  *                    buffer while this one is computed.
  *   fa_bwd_mma_dq:   dq = dq_accum * scale in the output dtype and strides
@@ -21,8 +22,8 @@
  * dP = keep * dO.V / (1 - p), times softcap's derivative 1 - tanh^2.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32, <= 128),
- * FA_BM (query rows per block), FA_NWARPS, FA_DROPOUT (0/1). BN = 16 * FA_NWARPS must be
- * FA_BM or 2 * FA_BM. p.vec_io: 16-byte aligned rows of every tensor, d and d_v multiples of 8
+ * FA_BM (query rows per block), FA_NWARPS, FA_DROPOUT (0/1). BN = 16 * FA_NWARPS must be 1, 2
+ * or 4 times FA_BM. p.vec_io: 16-byte aligned rows of every tensor, d and d_v multiples of 8
  * (tiles by cp.async, outputs by pairs); otherwise element by element, same arithmetic.
  */
 #include "fa_mma.cuh"
@@ -135,69 +136,36 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
     }
 }
 
-/* S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys (rows of sKw, sVw) and the FA_BM queries
- * (rows of sQ, sdO), all by ldmatrix: acc_s, acc_dp are (16, FA_BM) as FA_BM / 8 C tiles. The
- * two products are interleaved step by step, so one's loads overlap the other's mma. */
-static __device__ __forceinline__ void mma_s_dp(float (*acc_s)[4], float (*acc_dp)[4],
-                                                const fa_u16 *sKw, const fa_u16 *sVw,
-                                                const fa_u16 *sQ, const fa_u16 *sdO) {
-    const int lane = threadIdx.x & 31;
-    const int a_off = lane & 15, a_col = (lane >> 4) * 8;
-    const int b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;
-#pragma unroll
-    for (int ks = 0; ks < (FA_HD > FA_HDV ? FA_HD : FA_HDV) / 16; ++ks) {
-        unsigned ak[4], av[4];
-        if (ks < FA_HD / 16)
-            fa_ldmatrix_x4(ak, fa_smem_addr(sKw + a_off * SQ_STRIDE + ks * 16 + a_col));
-        if (ks < FA_HDV / 16)
-            fa_ldmatrix_x4(av, fa_smem_addr(sVw + a_off * SV_STRIDE + ks * 16 + a_col));
-#pragma unroll
-        for (int np = 0; np < FA_BM / 16; ++np) {
-            unsigned bb[4];
-            if (ks < FA_HD / 16) {
-                fa_ldmatrix_x4(
-                    bb, fa_smem_addr(sQ + (np * 16 + b_row) * SQ_STRIDE + ks * 16 + b_col));
-                fa_mma16816(acc_s[2 * np], ak, bb[0], bb[1]);
-                fa_mma16816(acc_s[2 * np + 1], ak, bb[2], bb[3]);
-            }
-            if (ks < FA_HDV / 16) {
-                fa_ldmatrix_x4(
-                    bb, fa_smem_addr(sdO + (np * 16 + b_row) * SV_STRIDE + ks * 16 + b_col));
-                fa_mma16816(acc_dp[2 * np], av, bb[0], bb[1]);
-                fa_mma16816(acc_dp[2 * np + 1], av, bb[2], bb[3]);
-            }
-        }
+/* acc[nt] (16 x 8 tiles along n) = A (16 x 16 * ksteps, rows of sA from row0) times B^T where
+ * B rows are the n index (sB, n rows of width 16 * ksteps): both by ldmatrix, non-transposed. */
+#define MMA_ABT(acc, sA, a_stride, sB, b_stride, NT, KSTEPS)                                      \
+    _Pragma("unroll") for (int ks = 0; ks < (KSTEPS); ++ks) {                                      \
+        unsigned a[4];                                                                             \
+        fa_ldmatrix_x4(a, fa_smem_addr((sA) + (lane & 15) * (a_stride) + ks * 16 +                 \
+                                       (lane >> 4) * 8));                                          \
+        _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
+            unsigned bb[4];                                                                        \
+            fa_ldmatrix_x4(bb, fa_smem_addr((sB) + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *   \
+                                                       (b_stride) +                                \
+                                                   ks * 16 + ((lane >> 3) & 1) * 8));              \
+            fa_mma16816(acc[2 * np], a, bb[0], bb[1]);                                             \
+            fa_mma16816(acc[2 * np + 1], a, bb[2], bb[3]);                                         \
+        }                                                                                          \
     }
-}
 
-/* dV += P~^T dO and dK += dS^T Q: the A operands pa_p, pa_ds are the warp's score tiles packed
- * to 16 bits (16 keys x FA_BM queries), B (FA_BM queries x dims) is row-major in shared memory
- * (ldmatrix.trans). Interleaved like mma_s_dp. */
-static __device__ __forceinline__ void mma_dv_dk(float (*acc_dv)[4], float (*acc_dk)[4],
-                                                 const unsigned (*pa_p)[4],
-                                                 const unsigned (*pa_ds)[4], const fa_u16 *sdO,
-                                                 const fa_u16 *sQ) {
-    const int lane = threadIdx.x & 31;
-    const int b_row = (lane & 7) + ((lane >> 3) & 1) * 8, b_col = (lane >> 4) * 8;
-#pragma unroll
-    for (int kk = 0; kk < FA_BM / 16; ++kk)
-#pragma unroll
-        for (int np = 0; np < (FA_HD > FA_HDV ? FA_HD : FA_HDV) / 16; ++np) {
-            unsigned bb[4];
-            if (np < FA_HDV / 16) {
-                fa_ldmatrix_x4_trans(
-                    bb, fa_smem_addr(sdO + (kk * 16 + b_row) * SV_STRIDE + np * 16 + b_col));
-                fa_mma16816(acc_dv[2 * np], pa_p[kk], bb[0], bb[1]);
-                fa_mma16816(acc_dv[2 * np + 1], pa_p[kk], bb[2], bb[3]);
-            }
-            if (np < FA_HD / 16) {
-                fa_ldmatrix_x4_trans(
-                    bb, fa_smem_addr(sQ + (kk * 16 + b_row) * SQ_STRIDE + np * 16 + b_col));
-                fa_mma16816(acc_dk[2 * np], pa_ds[kk], bb[0], bb[1]);
-                fa_mma16816(acc_dk[2 * np + 1], pa_ds[kk], bb[2], bb[3]);
-            }
-        }
-}
+/* acc[nt] (16 x NT*8) += A B: A (16 x FA_BM) is pa[kk], the k16 fragments of the warp's score
+ * tiles packed to 16 bits; B (FA_BM x NT*8) is row-major in shared memory (k rows). */
+#define MMA_CB(acc, pa, sB, b_stride, NT)                                                          \
+    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
+        _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
+            unsigned bb[4];                                                                        \
+            fa_ldmatrix_x4_trans(bb, fa_smem_addr((sB) + (kk * 16 + (lane & 7) +                   \
+                                                          ((lane >> 3) & 1) * 8) * (b_stride) +    \
+                                                  np * 16 + (lane >> 4) * 8));                     \
+            fa_mma16816(acc[2 * np], pa[kk], bb[0], bb[1]);                                        \
+            fa_mma16816(acc[2 * np + 1], pa[kk], bb[2], bb[3]);                                    \
+        }                                                                                          \
+    }
 
 /* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
 #define PACK_A(pa, c)                                                                              \
@@ -341,7 +309,8 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
         for (int nt = 0; nt < FA_BM / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc_s[nt][e] = acc_dp[nt][e] = 0.f;
-        mma_s_dp(acc_s, acc_dp, sK + kw0 * SQ_STRIDE, sV + kw0 * SV_STRIDE, sQ, sdO);
+        MMA_ABT(acc_s, sK + kw0 * SQ_STRIDE, SQ_STRIDE, sQ, SQ_STRIDE, FA_BM / 8, FA_HD / 16);
+        MMA_ABT(acc_dp, sV + kw0 * SV_STRIDE, SV_STRIDE, sdO, SV_STRIDE, FA_BM / 8, FA_HDV / 16);
 
         /* Element (key j, query i): acc_s -> P~ (dropped and rescaled), acc_dp -> dS. */
         const int m_last = min(w.m0 + FA_BM, s.seqlen_q) - 1;
@@ -407,7 +376,8 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
         }
 
         /* dV += P~^T dO, dK += dS^T Q. */
-        mma_dv_dk(acc_dv, acc_dk, pa_p, pa_ds, sdO, sQ);
+        MMA_CB(acc_dv, pa_p, sdO, SV_STRIDE, FA_HDV / 8);
+        MMA_CB(acc_dk, pa_ds, sQ, SQ_STRIDE, FA_HD / 8);
     }
     if (total > 0) {
         __syncthreads(); /* dS^T of the last block complete */
