@@ -114,6 +114,8 @@ fa_status fa_cuda_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a
     (void)ws_bytes; /* checked against fa_cuda_bwd_workspace by the caller */
     fa_attn_params params = bwd_params(p, a);
     if (use_mma(p)) {
+        FA_RETURN_IF((uintptr_t)ws % 16 != 0, FA_ERR_INVALID_ARGUMENT,
+                     "workspace must be 16-byte aligned for the cuda backward (got %p)", ws);
         params.dq_accum = (float *)ws;
         params.vec_io = vector_io(p, a);
         fa_cuda_scope scope;
