@@ -76,4 +76,19 @@ static __device__ __forceinline__ float fa_quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+/* dst[0..3] += v (f32, 16-byte aligned global memory): one vector reduction on sm_90+. */
+static __device__ __forceinline__ void fa_red_add4(float *dst, float v0, float v1, float v2,
+                                                   float v3) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "f"(v0), "f"(v1),
+                 "f"(v2), "f"(v3)
+                 : "memory");
+#else
+    atomicAdd(dst, v0);
+    atomicAdd(dst + 1, v1);
+    atomicAdd(dst + 2, v2);
+    atomicAdd(dst + 3, v3);
+#endif
+}
+
 #endif /* FA_MMA_CUH */

@@ -1,18 +1,31 @@
 /*
- * bwd.c — the backward: three SIMT kernels (bwd_simt.cu), softmax_d first, then dK/dV with
- * one writer per key and dQ with one writer per row. No atomics and no workspace, so every
- * call is bit-reproducible and opts->deterministic costs nothing. A tensor-core backward
- * (FA2 §2: dq accumulated in f32 with atomics, a slice per split in deterministic mode) is the
- * next step; this one is the reference-grade path.
+ * bwd.c — the backward. f16/bf16 with head dims <= 128 and deterministic off take the
+ * tensor-core kernels (bwd_mma.cu: softmax_d and dq_accum zeroed, dK/dV per key tile with dQ
+ * accumulated by f32 atomics into the workspace, dq converted). Everything else (f32, head dims
+ * over 128, deterministic) takes the SIMT kernels (bwd_simt.cu): softmax_d, then dK/dV with one
+ * writer per key and dQ with one writer per row — no atomics, no workspace, bit-reproducible.
  */
 #include <string.h>
 
 #include "cuda_backend.h"
 
+/* Whether the tensor-core kernels run this call (else the SIMT ones). */
+static bool use_mma(const fa_problem *p) {
+    return (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) && p->d <= 128 &&
+           p->d_v <= 128 && !p->opts.deterministic;
+}
+
+static int64_t total_q_rows(const fa_problem *p, const fa_bwd_args *a) {
+    return p->varlen ? a->q.shape[0] : a->q.shape[0] * a->q.shape[1];
+}
+
+/* dq_accum: f32 (total_q, h, round32(d)) for the tensor-core path, nothing for SIMT. */
 fa_status fa_cuda_bwd_workspace(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
                                 size_t *bytes) {
-    (void)ctx, (void)p, (void)a;
-    *bytes = 0;
+    (void)ctx;
+    *bytes = use_mma(p) ? (size_t)total_q_rows(p, a) * (size_t)p->nheads *
+                              (size_t)fa_round_hd(p->d) * sizeof(float)
+                        : 0;
     return FA_OK;
 }
 
@@ -47,6 +60,7 @@ static fa_attn_params bwd_params(const fa_problem *p, const fa_bwd_args *a) {
         params.cu_seqlens_q = a->cu_seqlens_q.data;
         params.cu_seqlens_k = a->cu_seqlens_k.data;
     }
+    params.total_q = total_q_rows(p, a);
     if (a->alibi_slopes.data) {
         params.alibi = a->alibi_slopes.data;
         params.alibi_batch_stride = a->alibi_slopes.ndim == 2 ? a->alibi_slopes.stride[0] : 0;
@@ -56,10 +70,60 @@ static fa_attn_params bwd_params(const fa_problem *p, const fa_bwd_args *a) {
 
 static unsigned ceil_div(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
+/* Rows that cp.async can move 16 bytes at a time and outputs written by pairs. */
+static bool vector_io(const fa_problem *p, const fa_bwd_args *a) {
+    const fa_tensor *t[] = {&a->q, &a->k, &a->v, &a->out, &a->dout, &a->dq, &a->dk, &a->dv};
+    bool ok = p->d % 8 == 0 && p->d_v % 8 == 0;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; ++i) ok = ok && fa_cuda_rows_aligned(t[i]);
+    return ok;
+}
+
+/* bwd_mma.cu: softmax_d and zeroed dq_accum, dK/dV (+ dq_accum), dq. Context current. */
+static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
+    const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
+    const fa_bwd_tiles t = fa_bwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);
+    fa_launch l;
+    memset(&l, 0, sizeof l);
+    l.program = "bwd_mma.cu";
+    fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
+    l.block = 32u * (unsigned)t.nwarps;
+    l.grid[1] = (unsigned)p->nheads;
+    l.grid[2] = (unsigned)p->batch;
+    l.kernel = "fa_bwd_mma_pre";
+    l.grid[0] = ceil_div(p->max_seqlen_q, t.nwarps);
+    fa_status status = fa_cuda_launch(ctx, &l, params);
+    if (status == FA_OK) {
+        l.kernel = "fa_bwd_mma";
+        l.grid[0] = ceil_div(p->max_seqlen_k, 16 * t.nwarps);
+        l.grid[1] = (unsigned)p->nheads_k;
+        l.smem = fa_bwd_mma_smem(hd, hdv, t);
+        status = fa_cuda_launch(ctx, &l, params);
+    }
+    if (status == FA_OK) {
+        l.kernel = "fa_bwd_mma_dq";
+        l.grid[0] = ceil_div(p->max_seqlen_q, t.nwarps);
+        l.grid[1] = (unsigned)p->nheads;
+        l.smem = 0;
+        status = fa_cuda_launch(ctx, &l, params);
+    }
+    return status;
+}
+
 fa_status fa_cuda_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a, void *ws,
                       size_t ws_bytes) {
-    (void)ws, (void)ws_bytes;
-    const fa_attn_params params = bwd_params(p, a);
+    (void)ws_bytes; /* checked against fa_cuda_bwd_workspace by the caller */
+    fa_attn_params params = bwd_params(p, a);
+    if (use_mma(p)) {
+        FA_RETURN_IF((uintptr_t)ws % 16 != 0, FA_ERR_INVALID_ARGUMENT,
+                     "workspace must be 16-byte aligned for the cuda backward (got %p)", ws);
+        params.dq_accum = (float *)ws;
+        params.vec_io = vector_io(p, a);
+        fa_cuda_scope scope;
+        FA_FORWARD_IF(fa_cuda_enter(ctx, &scope));
+        const fa_status status = bwd_mma(ctx, p, &params);
+        fa_cuda_leave(&scope);
+        return status;
+    }
     fa_launch l;
     memset(&l, 0, sizeof l);
     l.program = "bwd_simt.cu";

@@ -105,4 +105,15 @@ size_t fa_cuda_decode_workspace(fa_context *ctx, const fa_problem *p);
 fa_status fa_cuda_decode(fa_context *ctx, const fa_problem *p, const fa_attn_params *params,
                          void *ws);
 
+/* ---------------------------------------------------------------- tensor-core backward */
+/* Tiles of bwd_mma.cu: bm query rows per block, nwarps warps, 16 * nwarps keys per CTA. */
+typedef struct fa_bwd_tiles {
+    int bm, nwarps;
+} fa_bwd_tiles;
+fa_bwd_tiles fa_bwd_mma_tiles(int hd, int hdv, int smem_limit);
+unsigned fa_bwd_mma_smem(int hd, int hdv, fa_bwd_tiles tiles);
+void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
+                        fa_bwd_tiles tiles);
+fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count);
+
 #endif /* FA_CUDA_BACKEND_H */

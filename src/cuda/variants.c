@@ -154,6 +154,60 @@ fa_status fa_cuda_precompile(const char *arch, int *num_variants) {
         FA_FORWARD_IF(fa_jit_precompile_one("kvcache.cu", defines, arch, true));
         ++count;
     }
+    FA_FORWARD_IF(fa_bwd_mma_precompile(arch, smem_limit, &count));
     if (num_variants) *num_variants = count;
+    return FA_OK;
+}
+
+/* ---------------------------------------------------------------- tensor-core backward */
+/* FLASHATTN_CUDA_BWD_TILES="bm,nwarps" overrides the table (tuning experiments only). */
+static bool bwd_tiles_override(fa_bwd_tiles *t) {
+    const char *env = getenv("FLASHATTN_CUDA_BWD_TILES");
+    return env && sscanf(env, "%d,%d", &t->bm, &t->nwarps) == 2 && t->bm >= 16 &&
+           t->bm % 16 == 0 && t->nwarps >= 1 && t->nwarps <= 16 && t->nwarps * 16 % t->bm == 0 &&
+           t->nwarps * 16 / t->bm <= 4;
+}
+
+/* Candidates per head dim (<= 128), best first (H100, bf16 s4096, bwd TFLOPS: d128 64x8 210,
+ * 32x8 192, 64x4 188; d64 64x8 190, 32x8 149; 128x8 gave 199 but is not through the GPU test grid
+ * yet); the first whose shared memory fits is taken. The kernel needs BN = 16 * nwarps to be 1, 2
+ * or 4 times bm and hd / (BN / bm) a multiple of 16. */
+fa_bwd_tiles fa_bwd_mma_tiles(int hd, int hdv, int smem_limit) {
+    fa_bwd_tiles t;
+    if (bwd_tiles_override(&t)) return t;
+    static const fa_bwd_tiles small[] = {{64, 8}, {64, 4}, {32, 4}};
+    static const fa_bwd_tiles medium[] = {{64, 8}, {64, 4}, {32, 4}};
+    const int widest = hd > hdv ? hd : hdv;
+    const fa_bwd_tiles *list = widest <= 64 ? small : medium;
+    for (int i = 0; i < 2; ++i)
+        if ((int)fa_bwd_mma_smem(hd, hdv, list[i]) <= smem_limit) return list[i];
+    return list[2];
+}
+
+/* K, V (bn rows), Q and dO (2 x bm rows), dS (2 x bn x bm), 16-bit; lse, D (2 x bm) f32. */
+unsigned fa_bwd_mma_smem(int hd, int hdv, fa_bwd_tiles t) {
+    const int bn = 16 * t.nwarps;
+    return (unsigned)(2 * (bn * (hd + 8 + hdv + 8) + 2 * t.bm * (hd + 8 + hdv + 8) +
+                           2 * bn * (t.bm + 8)) +
+                      4 * 4 * t.bm);
+}
+
+void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool dropout,
+                        fa_bwd_tiles t) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_HDV=%d -DFA_BM=%d -DFA_NWARPS=%d "
+             "-DFA_DROPOUT=%d", dtype, hd, hdv, t.bm, t.nwarps, dropout ? 1 : 0);
+}
+
+/* f16/bf16 x head dims 32..128 x dropout, with the tiles the runtime picks on that smem. */
+fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count) {
+    char defines[256];
+    for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
+        for (int hd = 32; hd <= 128; hd += 32)
+            for (int dropout = 0; dropout <= 1; ++dropout) {
+                fa_bwd_mma_defines(defines, sizeof defines, dtype, hd, hd, dropout,
+                                   fa_bwd_mma_tiles(hd, hd, smem_limit));
+                FA_FORWARD_IF(fa_jit_precompile_one("bwd_mma.cu", defines, arch, true));
+                ++*count;
+            }
     return FA_OK;
 }

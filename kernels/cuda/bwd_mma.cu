@@ -1,0 +1,398 @@
+/*
+ * bwd_mma.cu — the sm_80+ tensor-core backward (FA2 structure, gpu_kernels.md §2).
+ *
+ *   fa_bwd_mma_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
+ *   fa_bwd_mma:      a CTA owns BN = 16 * FA_NWARPS keys of one kv head; warp w owns keys
+ *                    [16 w, 16 w + 16). K_j, V_j stay in shared memory, dK_j, dV_j in f32
+ *                    registers. The CTA walks the query blocks of BM rows that can see its keys,
+ *                    for every query head of the GQA group (so dK/dV have one writer), and per
+ *                    block computes, all transposed so that rows are keys:
+ *                      S^T = K Q^T, P^T = exp2(S^T * scale_log2 - lse * log2e)   (masked -> 0)
+ *                      dP^T = V dO^T, dS^T = P^T (dP^T - D)                       (registers)
+ *                      dV += P^T dO, dK += dS^T Q        (P^T, dS^T are the A operands in place)
+ *                      dQ_i += dS K      (dS through shared memory, f32 vector reductions,
+ *                                         in the next iteration, after its barrier)
+ *                    Q_i, dO_i (and lse_i, D_i) of the next block load by cp.async into a second
+ *                    buffer while this one is computed.
+ *   fa_bwd_mma_dq:   dq = dq_accum * scale in the output dtype and strides
+ *
+ * dq_accum is f32 (total_q rows, h, FA_HD), row R = q_batch * seqlen_q + q_row0 + i. The atomics
+ * make dq's last bits depend on the order CTAs finish: deterministic calls take bwd_simt.cu.
+ * Dropout and softcap follow bwd_simt.cu's math: dV uses P * keep / (1 - p), dS = P (dP - D) with
+ * dP = keep * dO.V / (1 - p), times softcap's derivative 1 - tanh^2.
+ *
+ * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32, <= 128),
+ * FA_BM (query rows per block), FA_NWARPS, FA_DROPOUT (0/1). BN = 16 * FA_NWARPS must be 1, 2
+ * or 4 times FA_BM. p.vec_io: 16-byte aligned rows of every tensor, d and d_v multiples of 8
+ * (tiles by cp.async, outputs by pairs); otherwise element by element, same arithmetic.
+ */
+#include "fa_mma.cuh"
+
+#define BN (16 * FA_NWARPS)
+#define NTHREADS (32 * FA_NWARPS)
+#define SQ_STRIDE (FA_HD + 8) /* shared row strides (elements): 16 bytes of padding */
+#define SV_STRIDE (FA_HDV + 8)
+#define SS_STRIDE (FA_BM + 8)
+#define DQ_WN (BN / FA_BM)      /* warps along the head dim of dQ = dS K */
+#define DQ_WIDTH (FA_HD / DQ_WN) /* head dims of dQ per warp */
+
+#if BN % FA_BM != 0 || BN / FA_BM > 4
+#error "BN must be FA_BM, 2 * FA_BM or 4 * FA_BM"
+#endif
+#if DQ_WIDTH % 16 != 0
+#error "FA_HD / (BN / FA_BM) must be a multiple of 16"
+#endif
+
+static __device__ __forceinline__ fa_i64 sd_offset(const fa_attn_params &p, const fa_seq &s, int i,
+                                                   int h) {
+    return s.q_batch * p.sd_batch_stride + (fa_i64)h * p.sd_head_stride + s.q_row0 + i;
+}
+
+/* Row i of head h in dq_accum: (total_q, h, FA_HD) f32. */
+static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, const fa_seq &s,
+                                                      int i, int h) {
+    return p.dq_accum + ((s.q_batch * p.seqlen_q + s.q_row0 + i) * p.nheads + h) * (fa_i64)FA_HD;
+}
+
+/* rows x width tile -> shared (row stride sstride); rows past n_rows and dims past dim are
+ * zeros. tile: the first row in global memory, rs apart. */
+static __device__ __forceinline__ void load_tile(fa_u16 *dst, int sstride, const fa_u16 *tile,
+                                                 fa_i64 rs, int rows, int n_rows, int width,
+                                                 int dim, bool vec) {
+    const int chunks = width / 8;
+    for (int c = threadIdx.x; c < rows * chunks; c += NTHREADS) {
+        const int r = c / chunks, col = (c % chunks) * 8;
+        const int n_valid = r < n_rows ? min(8, max(0, dim - col)) : 0;
+        fa_copy8(dst + r * sstride + col, n_valid ? tile + r * rs + col : tile, n_valid, vec);
+    }
+}
+
+/* One warp per row: D_i = rowsum(dO_i * O_i), and dq_accum row i of head h zeroed.
+ * grid (ceil(max s_q / FA_NWARPS), h, b), block NTHREADS. */
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+fa_bwd_mma_pre(const __grid_constant__ fa_attn_params p) {
+    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * FA_NWARPS + (threadIdx.x >> 5);
+    const fa_seq s = fa_seq_of(p, b);
+    if (i >= s.seqlen_q) return;
+    const fa_u16 *o = (const fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
+    const fa_u16 *d_o = (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, i, h, do);
+    float D = 0.f;
+    for (int c = lane; c < p.d_v; c += 32) D += fa_to_float(o[c]) * fa_to_float(d_o[c]);
+    D = fa_warp_sum(D);
+    if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
+    float *acc = dq_accum_row(p, s, i, h);
+#pragma unroll
+    for (int c = lane; c < FA_HD; c += 32) acc[c] = 0.f;
+}
+
+/* One warp per row: dq = dq_accum * scale. grid (ceil(max s_q / FA_NWARPS), h, b). */
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+fa_bwd_mma_dq(const __grid_constant__ fa_attn_params p) {
+    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * FA_NWARPS + (threadIdx.x >> 5);
+    const fa_seq s = fa_seq_of(p, b);
+    if (i >= s.seqlen_q) return;
+    const float *acc = dq_accum_row(p, s, i, h);
+    fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
+    for (int c = lane; c < p.d; c += 32) dq[c] = fa_from_float(acc[c] * p.scale);
+}
+
+/* Is key tile [n0, n0 + BN) visible, whole, from every row of [m0, m_last]? Then no mask. */
+static __device__ __forceinline__ bool tile_full(const fa_attn_params &p, const fa_seq &s, int m0,
+                                                 int m_last, int n0) {
+    const int diag0 = s.seqlen_k - s.seqlen_q;
+    return n0 + BN <= s.seqlen_k &&
+           (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
+           (p.window_right < 0 || n0 + BN - 1 <= m0 + diag0 + p.window_right);
+}
+
+/* Query block it of the CTA's walk: its head (of the group) and first row. */
+struct walk_pos {
+    int h, m0;
+};
+
+static __device__ __forceinline__ walk_pos walk_at(int it, int nblk, int m_begin, int h0) {
+    walk_pos w;
+    w.h = h0 + it / nblk;
+    w.m0 = (m_begin + it % nblk) * FA_BM;
+    return w;
+}
+
+/* Q, dO rows [m0, m0 + FA_BM) of head h -> sQ, sdO (cp.async, not waited); lse * log2e and D
+ * -> sL, sD (plain stores; +inf and 0 past the sequence, so those rows get P = 0). */
+static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, const fa_seq &s,
+                                                    walk_pos w, fa_u16 *sQ, fa_u16 *sdO,
+                                                    float *sL, float *sD) {
+    const int n_rows = min(FA_BM, s.seqlen_q - w.m0);
+    load_tile(sQ, SQ_STRIDE, (const fa_u16 *)p.q + FA_ROW_OFFSET(p, s, w.m0, w.h, q),
+              p.q_row_stride, FA_BM, n_rows, FA_HD, p.d, p.vec_io);
+    load_tile(sdO, SV_STRIDE, (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, w.m0, w.h, do),
+              p.do_row_stride, FA_BM, n_rows, FA_HDV, p.d_v, p.vec_io);
+    for (int r = threadIdx.x; r < FA_BM; r += NTHREADS) {
+        const bool in = r < n_rows;
+        sL[r] = in ? p.lse[fa_lse_offset(p, s, w.m0 + r, w.h)] * FA_LOG2E : FA_INF;
+        sD[r] = in ? p.softmax_d[sd_offset(p, s, w.m0 + r, w.h)] : 0.f;
+    }
+}
+
+/* acc[nt] (16 x 8 tiles along n) = A (16 x 16 * ksteps, rows of sA from row0) times B^T where
+ * B rows are the n index (sB, n rows of width 16 * ksteps): both by ldmatrix, non-transposed. */
+#define MMA_ABT(acc, sA, a_stride, sB, b_stride, NT, KSTEPS)                                      \
+    _Pragma("unroll") for (int ks = 0; ks < (KSTEPS); ++ks) {                                      \
+        unsigned a[4];                                                                             \
+        fa_ldmatrix_x4(a, fa_smem_addr((sA) + (lane & 15) * (a_stride) + ks * 16 +                 \
+                                       (lane >> 4) * 8));                                          \
+        _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
+            unsigned bb[4];                                                                        \
+            fa_ldmatrix_x4(bb, fa_smem_addr((sB) + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) *   \
+                                                       (b_stride) +                                \
+                                                   ks * 16 + ((lane >> 3) & 1) * 8));              \
+            fa_mma16816(acc[2 * np], a, bb[0], bb[1]);                                             \
+            fa_mma16816(acc[2 * np + 1], a, bb[2], bb[3]);                                         \
+        }                                                                                          \
+    }
+
+/* acc[nt] (16 x NT*8) += A B: A (16 x FA_BM) is pa[kk], the k16 fragments of the warp's score
+ * tiles packed to 16 bits; B (FA_BM x NT*8) is row-major in shared memory (k rows). */
+#define MMA_CB(acc, pa, sB, b_stride, NT)                                                          \
+    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
+        _Pragma("unroll") for (int np = 0; np < (NT) / 2; ++np) {                                  \
+            unsigned bb[4];                                                                        \
+            fa_ldmatrix_x4_trans(bb, fa_smem_addr((sB) + (kk * 16 + (lane & 7) +                   \
+                                                          ((lane >> 3) & 1) * 8) * (b_stride) +    \
+                                                  np * 16 + (lane >> 4) * 8));                     \
+            fa_mma16816(acc[2 * np], pa[kk], bb[0], bb[1]);                                        \
+            fa_mma16816(acc[2 * np + 1], pa[kk], bb[2], bb[3]);                                    \
+        }                                                                                          \
+    }
+
+/* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
+#define PACK_A(pa, c)                                                                              \
+    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
+        pa[kk][0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                          \
+        pa[kk][1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                          \
+        pa[kk][2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                  \
+        pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
+    }
+
+/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS:
+ * warp -> 16 query rows x DQ_WIDTH dims; A = dS by ldmatrix.trans of sdS, B = K (keys x dims,
+ * ldmatrix.trans). Lanes t, t ^ 1 then swap halves so that even t holds row g, odd t row g + 8,
+ * each with 4 consecutive dims: one 16-byte reduction per tile instead of four scalar ones. */
+static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
+                                                 walk_pos w, const fa_u16 *sdS,
+                                                 const fa_u16 *sK) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
+    float acc_dq[DQ_WIDTH / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dq[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ++ks) {
+        unsigned a[4];
+        const int mat = lane >> 3;
+        const int key = ks * 16 + (lane & 7) + (mat >> 1) * 8;
+        fa_ldmatrix_x4_trans(a, fa_smem_addr(sdS + key * SS_STRIDE + mrow + (mat & 1) * 8));
+#pragma unroll
+        for (int np = 0; np < DQ_WIDTH / 16; ++np) {
+            unsigned bb[4];
+            const int key = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            fa_ldmatrix_x4_trans(
+                bb, fa_smem_addr(sK + key * SQ_STRIDE + dim0 + np * 16 + (lane >> 4) * 8));
+            fa_mma16816(acc_dq[2 * np], a, bb[0], bb[1]);
+            fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
+        }
+    }
+    const bool odd = t & 1;
+    const int i = w.m0 + mrow + g + (odd ? 8 : 0);
+    float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * (t & 2);
+#pragma unroll
+    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+        const float *c = acc_dq[nt];
+        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+        if (i < s.seqlen_q) {
+            if (odd) fa_red_add4(row + nt * 8, r0, r1, c[2], c[3]);
+            else fa_red_add4(row + nt * 8, c[0], c[1], r0, r1);
+        }
+    }
+}
+
+/* A warp's 16 rows of dK or dV (acc: NT tiles of 16 x 8) times mul -> rows g (row0) and g + 8
+ * (row8) of the output, those that exist (ok0, ok8), dims < dim. */
+#define STORE_ROWS(acc, NT, dim, row0, row8, ok0, ok8, mul)                                        \
+    _Pragma("unroll") for (int nt = 0; nt < (NT); ++nt) {                                          \
+        const int col = nt * 8 + 2 * t;                                                            \
+        _Pragma("unroll") for (int half = 0; half < 2; ++half) {                                   \
+            fa_u16 *row = half ? (row8) : (row0);                                                  \
+            const float x0 = acc[nt][2 * half] * (mul), x1 = acc[nt][2 * half + 1] * (mul);        \
+            if (!(half ? (ok8) : (ok0))) continue;                                                 \
+            if (p.vec_io) {                                                                        \
+                if (col < (dim)) *(unsigned *)(row + col) = fa_pack2(x0, x1);                      \
+            } else { /* same rounding as fa_pack2 */                                               \
+                if (col < (dim)) row[col] = fa_from_float(x0);                                     \
+                if (col + 1 < (dim)) row[col + 1] = fa_from_float(x1);                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+/* grid (ceil(max s_k / BN), h_k, b), block NTHREADS, dynamic smem fa_bwd_mma_smem bytes:
+ * sK (BN, SQ), sV (BN, SV), sQ 2 x (FA_BM, SQ), sdO 2 x (FA_BM, SV), sdS 2 x (BN, SS) 16-bit;
+ * sL, sD 2 x FA_BM f32. Block it uses buffers it & 1; its dQ update runs in iteration it + 1,
+ * after the one barrier per iteration has made every warp's dS^T visible. */
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
+fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
+    extern __shared__ __align__(16) fa_u16 smem[];
+    fa_u16 *sK = smem, *sV = sK + BN * SQ_STRIDE, *sQ0 = sV + BN * SV_STRIDE;
+    fa_u16 *sdO0 = sQ0 + 2 * FA_BM * SQ_STRIDE, *sdS0 = sdO0 + 2 * FA_BM * SV_STRIDE;
+    float *sL0 = (float *)(sdS0 + 2 * BN * SS_STRIDE), *sD0 = sL0 + 2 * FA_BM;
+    const int Q_BUF = FA_BM * SQ_STRIDE, DO_BUF = FA_BM * SV_STRIDE, DS_BUF = BN * SS_STRIDE;
+
+    const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * BN;
+    const fa_seq s = fa_seq_of(p, b);
+    if (n0 >= s.seqlen_k) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int kw0 = warp * 16; /* this warp's first key within the tile */
+    const int group = p.nheads / p.nheads_k, h0 = hk * group;
+
+    /* Query rows that see some key of the tile: i in [j - diag0 - right, j - diag0 + left]. */
+    const int diag0 = s.seqlen_k - s.seqlen_q, n_last = min(n0 + BN, s.seqlen_k) - 1;
+    const int i_begin = p.window_right < 0 ? 0 : max(0, n0 - diag0 - p.window_right);
+    const int i_end = p.window_left < 0 ? s.seqlen_q
+                                        : min(s.seqlen_q, n_last - diag0 + p.window_left + 1);
+    const int m_begin = i_begin / FA_BM;
+    const int nblk = i_end > i_begin ? (i_end + FA_BM - 1) / FA_BM - m_begin : 0;
+    const int total = nblk * group; /* (head, query block) pairs, head-major */
+
+    float acc_dk[FA_HD / 8][4], acc_dv[FA_HDV / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < FA_HD / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dk[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < FA_HDV / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dv[nt][e] = 0.f;
+
+    if (total > 0) {
+        const int n_keys = s.seqlen_k - n0;
+        load_tile(sK, SQ_STRIDE, (const fa_u16 *)p.k + fa_kv_offset(p, s, n0, hk, 0),
+                  p.k_row_stride, BN, n_keys, FA_HD, p.d, p.vec_io);
+        load_tile(sV, SV_STRIDE, (const fa_u16 *)p.v + fa_kv_offset(p, s, n0, hk, 1),
+                  p.v_row_stride, BN, n_keys, FA_HDV, p.d_v, p.vec_io);
+        load_q_block(p, s, walk_at(0, nblk, m_begin, h0), sQ0, sdO0, sL0, sD0);
+        fa_cp_async_commit();
+    }
+
+    for (int it = 0, buf = 0; it < total; ++it, buf ^= 1) {
+        const walk_pos w = walk_at(it, nblk, m_begin, h0);
+        const fa_u16 *sQ = sQ0 + buf * Q_BUF, *sdO = sdO0 + buf * DO_BUF;
+        const float *sL = sL0 + buf * FA_BM, *sD = sD0 + buf * FA_BM;
+        fa_cp_async_wait_all();
+        __syncthreads(); /* block it in shared memory, dS^T of block it - 1 complete; every
+                          * warp done with block it - 1 and the dQ update of block it - 2 */
+        if (it + 1 < total) {
+            load_q_block(p, s, walk_at(it + 1, nblk, m_begin, h0), sQ0 + (buf ^ 1) * Q_BUF,
+                         sdO0 + (buf ^ 1) * DO_BUF, sL0 + (buf ^ 1) * FA_BM,
+                         sD0 + (buf ^ 1) * FA_BM);
+            fa_cp_async_commit();
+        }
+        if (it > 0)
+            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), sdS0 + (buf ^ 1) * DS_BUF, sK);
+
+        /* S^T = K Q^T and dP^T = V dO^T: (16 keys, FA_BM queries) per warp. */
+        float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc_s[nt][e] = acc_dp[nt][e] = 0.f;
+        MMA_ABT(acc_s, sK + kw0 * SQ_STRIDE, SQ_STRIDE, sQ, SQ_STRIDE, FA_BM / 8, FA_HD / 16);
+        MMA_ABT(acc_dp, sV + kw0 * SV_STRIDE, SV_STRIDE, sdO, SV_STRIDE, FA_BM / 8, FA_HDV / 16);
+
+        /* Element (key j, query i): acc_s -> P~ (dropped and rescaled), acc_dp -> dS. */
+        const int m_last = min(w.m0 + FA_BM, s.seqlen_q) - 1;
+        const float slope = fa_alibi_slope(p, b, w.h);
+        const bool plain = p.softcap == 0.f && slope == 0.f;
+        const bool full = tile_full(p, s, w.m0, m_last, n0);
+        if (plain && full && !FA_DROPOUT) {
+#pragma unroll
+            for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = nt * 8 + 2 * t + (e & 1);
+                    const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
+                    acc_s[nt][e] = pr;
+                    acc_dp[nt][e] = pr * (acc_dp[nt][e] - sD[r]);
+                }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = nt * 8 + 2 * t + (e & 1), i = w.m0 + r;
+                    const int j = n0 + kw0 + g + 8 * (e >> 1);
+                    const float qk = acc_s[nt][e];
+                    float pr = 0.f, ds = 0.f;
+                    if (full || fa_visible(p, s, i, j)) {
+                        pr = fa_exp2(plain ? fmaf(qk, p.scale_log2, -sL[r])
+                                           : fa_score(p, s, qk, slope, i, j) * FA_LOG2E - sL[r]);
+                        float dp = acc_dp[nt][e];
+#if FA_DROPOUT
+                        const fa_philox_u32x4 wd = fa_dropout_words(
+                            p.rng_seed, p.rng_offset, (fa_u32)(b * p.nheads + w.h), (fa_u32)i,
+                            (fa_u32)(j >> 2));
+                        const bool keep = wd.x[j & 3] >= p.dropout_threshold;
+                        dp = keep ? dp * p.dropout_scale : 0.f;
+                        ds = pr * (dp - sD[r]);
+                        pr = keep ? pr * p.dropout_scale : 0.f;
+#else
+                        ds = pr * (dp - sD[r]);
+#endif
+                        if (p.softcap > 0.f) { /* d/dz softcap * tanh(z / softcap) */
+                            const float th = fa_tanh(qk * p.scale / p.softcap);
+                            ds *= 1.f - th * th;
+                        }
+                    }
+                    acc_s[nt][e] = pr;
+                    acc_dp[nt][e] = ds;
+                }
+        }
+
+        /* P~^T and dS^T as 16-bit A fragments; dS^T -> sdS (keys x queries) for dQ = dS K. */
+        unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];
+        PACK_A(pa_p, acc_s);
+        PACK_A(pa_ds, acc_dp);
+        fa_u16 *sdS = sdS0 + buf * DS_BUF;
+#pragma unroll
+        for (int kk = 0; kk < FA_BM / 16; ++kk) {
+            fa_u16 *row = sdS + (kw0 + g) * SS_STRIDE + kk * 16 + 2 * t;
+            *(unsigned *)row = pa_ds[kk][0];
+            *(unsigned *)(row + 8 * SS_STRIDE) = pa_ds[kk][1];
+            *(unsigned *)(row + 8) = pa_ds[kk][2];
+            *(unsigned *)(row + 8 * SS_STRIDE + 8) = pa_ds[kk][3];
+        }
+
+        /* dV += P~^T dO, dK += dS^T Q. */
+        MMA_CB(acc_dv, pa_p, sdO, SV_STRIDE, FA_HDV / 8);
+        MMA_CB(acc_dk, pa_ds, sQ, SQ_STRIDE, FA_HD / 8);
+    }
+    if (total > 0) {
+        __syncthreads(); /* dS^T of the last block complete */
+        dq_update(p, s, walk_at(total - 1, nblk, m_begin, h0), sdS0 + ((total - 1) & 1) * DS_BUF,
+                  sK);
+    }
+
+    /* dK = acc_dk * scale, dV = acc_dv; keys past the sequence are not written. */
+    const int j0 = n0 + kw0 + g, j8 = j0 + 8;
+    const fa_i64 dk0 = s.k_batch * p.dk_batch_stride + (s.k_row0 + j0) * p.dk_row_stride +
+                       (fa_i64)hk * p.dk_head_stride;
+    const fa_i64 dv0 = s.k_batch * p.dv_batch_stride + (s.k_row0 + j0) * p.dv_row_stride +
+                       (fa_i64)hk * p.dv_head_stride;
+    const bool ok0 = j0 < s.seqlen_k, ok8 = j8 < s.seqlen_k;
+    fa_u16 *dk = (fa_u16 *)p.dk + dk0, *dv = (fa_u16 *)p.dv + dv0;
+    STORE_ROWS(acc_dk, FA_HD / 8, p.d, dk, dk + 8 * p.dk_row_stride, ok0, ok8, p.scale);
+    STORE_ROWS(acc_dv, FA_HDV / 8, p.d_v, dv, dv + 8 * p.dv_row_stride, ok0, ok8, 1.f);
+}
