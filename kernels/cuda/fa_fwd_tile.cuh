@@ -12,16 +12,7 @@
 #define FA_FWD_TILE_CUH
 
 #include "fa_common.cuh"
-
-static __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
-static __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
+#include "fa_mma.cuh"
 
 /* Per-CTA constants of the score transform. plain: scores stay raw dot products and the
  * softmax scales them on the fly (exp2(s sc - m sc), one FFMA); otherwise they are turned into
@@ -132,7 +123,7 @@ static __device__ __forceinline__ void fwd_softmax(float sc, float (*acc_s)[FA_B
 #pragma unroll
             for (int nt = 0; nt < FA_BN / 8; ++nt)
                 x = fmaxf(x, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
-            mx[mt][half] = quad_max(x);
+            mx[mt][half] = fa_quad_max(x);
             grow |= (mx[mt][half] - m_i[mt][half]) * sc > 8.f; /* -inf - -inf: NaN, false */
         }
     if (__any_sync(0xffffffffu, grow)) {
@@ -191,7 +182,7 @@ static __device__ __forceinline__ void fwd_store(const fa_attn_params &p, const 
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int i = row0 + mt * 16 + g + 8 * half;
-            const float l = quad_sum(l_i[mt][half]);
+            const float l = fa_quad_sum(l_i[mt][half]);
             if (i >= s.seqlen_q) continue;
             const float inv = (l > 0.f ? 1.f / l : 0.f) * out_scale;
             fa_u16 *out = (fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);

@@ -24,17 +24,6 @@
 #define SK_STRIDE (FA_HD + 8) /* shared row stride of Q and K, elements */
 #define SV_STRIDE (FA_HDV + 8)
 
-/* 8 elements global -> shared, of which the first n_valid exist (zeros after them). */
-static __device__ __forceinline__ void copy8(fa_u16 *dst, const fa_u16 *src, int n_valid,
-                                             bool vec) {
-    if (vec) {
-        fa_cp_async16(fa_smem_addr(dst), src, n_valid > 0); /* n_valid is 0 or 8 here */
-    } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = e < n_valid ? src[e] : (fa_u16)0;
-    }
-}
-
 /* Q rows [m0, m0 + BM) of head h -> sQ (BM, FA_HD); zeros past the sequence and past d. */
 static __device__ __forceinline__ void load_q(const fa_attn_params &p, const fa_seq &s, int m0,
                                               int h, fa_u16 *sQ) {
@@ -43,7 +32,7 @@ static __device__ __forceinline__ void load_q(const fa_attn_params &p, const fa_
         const int r = c / chunks, col = (c % chunks) * 8, i = m0 + r;
         const int n_valid = i < s.seqlen_q ? min(8, max(0, p.d - col)) : 0;
         const fa_u16 *src = (const fa_u16 *)p.q + (n_valid ? FA_ROW_OFFSET(p, s, i, h, q) + col : 0);
-        copy8(sQ + r * SK_STRIDE + col, src, n_valid, p.vec_io);
+        fa_copy8(sQ + r * SK_STRIDE + col, src, n_valid, p.vec_io);
     }
 }
 
@@ -62,7 +51,7 @@ static __device__ __forceinline__ void load_kv(const fa_attn_params &p, const fa
         const fa_u16 *src = !n_valid ? base
                             : p.block_table ? base + fa_kv_offset(p, s, j, hk, is_v) + col
                                             : tile + r * rs + col;
-        copy8(dst + r * stride + col, src, n_valid, p.vec_io);
+        fa_copy8(dst + r * stride + col, src, n_valid, p.vec_io);
     }
 }
 
