@@ -20,13 +20,14 @@
  *   dK += dSᵀ Q;      dQ += dS K          (scale applied once, when dK and dQ are stored)
  * Row i sees the keys [lo_i, hi_i) of fa_problem's window rule; q blocks that see nothing of a
  * kv block are skipped, tiles that see all of it (without softcap, ALiBi or dropout) take one
- * fused exp + dS loop, the others go row by row. bf16 inputs on AVX512_BF16 compute S and dP
- * from the exact bf16 values on vdpbf16ps.
+ * fused exp + dS loop, the others go row by row. bf16 inputs on AVX512_BF16 run all five
+ * products on vdpbf16ps: S and dP from the exact bf16 inputs, dV, dK and dQ from P∘Z and dS
+ * rounded to bf16 (as FlashAttention feeds them to its tensor cores); every sum stays f32.
  *
  * Workspace (fa_cpu_bwd_workspace; nothing is allocated per call): the dQ partials
  * (chunks · rows_q · h · d f32), f32 copies of q, dout (rows_q · h · (d + d_v)) and k, v
  * (rows_k · h_k · (d + d_v)), bf16 copies of q, dout for the pair kernels, and per thread
- * about 4·64·(d + d_v) + 3·64² floats of tiles.
+ * about 4·64·(d + d_v) + 3·64² floats of tiles (with pairs, their bf16 operands as well).
  */
 #include <math.h>
 #include <string.h>
@@ -109,7 +110,9 @@ typedef struct bwd_layout {
 
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
-    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta, total;
+    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta;
+    size_t kp, p2, ds2, ds16, qp, dop; /* pairs only (0 bytes otherwise) */
+    size_t total;
 } bwd_scratch_layout;
 
 typedef struct bwd_plan {
@@ -157,8 +160,9 @@ static size_t take(size_t *at, size_t bytes) {
     return offset;
 }
 
-static bwd_scratch_layout scratch_layout(const fa_problem *p) {
-    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float);
+static bwd_scratch_layout scratch_layout(const fa_problem *p, bool pairs) {
+    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float), u = sizeof(uint32_t);
+    const size_t on = pairs ? 1 : 0;
     const size_t d = (size_t)p->d, dv = (size_t)p->d_v, row = d > dv ? d : dv;
     bwd_scratch_layout o;
     size_t at = 0;
@@ -176,6 +180,12 @@ static bwd_scratch_layout scratch_layout(const fa_problem *p) {
     o.vt2 = take(&at, (dv + 1) / 2 * bn * sizeof(uint32_t));
     o.lse = take(&at, bm * f);
     o.delta = take(&at, bm * f);
+    o.kp = take(&at, on * bn / 2 * d * u);
+    o.p2 = take(&at, on * bm / 2 * bn * u);
+    o.ds2 = take(&at, on * bm / 2 * bn * u);
+    o.ds16 = take(&at, on * bm * bn * sizeof(uint16_t));
+    o.qp = take(&at, on * bm / 2 * d * u);
+    o.dop = take(&at, on * bm / 2 * dv * u);
     o.total = at;
     return o;
 }
@@ -203,7 +213,7 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bw
     if (L->pairs)
         L->copy_bytes += (size_t)L->rows * (size_t)p->nheads * (size_t)(L->d2 + L->dv2) * 4 +
                          2 * BWD_ALIGN;
-    L->scratch_bytes = scratch_layout(p).total;
+    L->scratch_bytes = scratch_layout(p, L->pairs).total;
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
 
@@ -238,6 +248,13 @@ typedef struct bwd_scratch {
     uint32_t *vt2; /* (dv2, bn) */
     float *lse;    /* (bm)      the tile's rows of softmax_lse and Δ */
     float *delta;  /* (bm) */
+    /* pairs: the bf16 operands of dV, dK and dQ (pair_rows, round_tile) */
+    uint32_t *kp;  /* (bn/2, d)  pairs of keys, B of dQ += dS K */
+    uint32_t *p2;  /* (bm/2, bn) pairs of rows of P∘Z, A of dV += (P∘Z)ᵀ dO */
+    uint32_t *ds2; /* (bm/2, bn) pairs of rows of dS, A of dK += dSᵀ Q */
+    uint16_t *ds16; /* (bm, bn)  dS, A of dQ += dS K */
+    uint32_t *qp;  /* (bm/2, d)  pairs of rows of Q, B of dK */
+    uint32_t *dop; /* (bm/2, dv) pairs of rows of dO, B of dV */
 } bwd_scratch;
 
 static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
@@ -247,7 +264,10 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
                       (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
                       (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
                       (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2),
-                      (float *)(at + o->lse), (float *)(at + o->delta)};
+                      (float *)(at + o->lse), (float *)(at + o->delta), (uint32_t *)(at + o->kp),
+                      (uint32_t *)(at + o->p2), (uint32_t *)(at + o->ds2),
+                      (uint16_t *)(at + o->ds16), (uint32_t *)(at + o->qp),
+                      (uint32_t *)(at + o->dop)};
     return sc;
 }
 
@@ -446,10 +466,10 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     float slope = pl->p->alibi != FA_ALIBI_NONE ? alibi_slope(pl, seq->b, h) : 0.0f;
 
     if (pl->L.pairs) {
-        const uint16_t *q2 = view_at(&pl->q16, seq->b, seq->q0 + i0, h);     /* (mi, 2·d2) */
-        const uint16_t *do2 = view_at(&pl->do16, seq->b, seq->q0 + i0, h);   /* (mi, 2·dv2) */
-        kern->gemm_bf16(mi, nj, pl->L.d2, q2, pl->q16.ts, sc->kt2, bn, sc->s, bn);
-        kern->gemm_bf16(mi, nj, pl->L.dv2, do2, pl->do16.ts, sc->vt2, bn, sc->dp, bn);
+        const uint32_t *q2 = view_at(&pl->q16, seq->b, seq->q0 + i0, h);     /* (mi, d2) */
+        const uint32_t *do2 = view_at(&pl->do16, seq->b, seq->q0 + i0, h);   /* (mi, dv2) */
+        kern->gemm_bf16(mi, nj, pl->L.d2, q2, pl->L.d2, 1, sc->kt2, bn, sc->s, bn, false);
+        kern->gemm_bf16(mi, nj, pl->L.dv2, do2, pl->L.dv2, 1, sc->vt2, bn, sc->dp, bn, false);
     } else {
         kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
         kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
@@ -460,6 +480,17 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
         for (int64_t r = 0; r < mi; ++r)
             tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
                      sc->tc + r * bn);
+    if (pl->L.pairs) { /* P∘Z and dS rounded to bf16, as FlashAttention feeds its tensor cores */
+        int64_t mi2 = ceil_div(mi, 2), nj2 = ceil_div(nj, 2);
+        kern->round_tile(sc->s, sc->dp, mi, nj, bn, sc->p2, sc->ds2, sc->ds16);
+        kern->pair_rows(sc->dop, dv, dout, do_ld, mi, dv);
+        kern->pair_rows(sc->qp, d, q, q_ld, mi, d);
+        kern->gemm_bf16(nj, dv, mi2, sc->p2, 1, bn, sc->dop, dv, sc->dv, dv, true);
+        kern->gemm_bf16(nj, d, mi2, sc->ds2, 1, bn, sc->qp, d, sc->dk, d, true);
+        kern->gemm_bf16(mi, d, nj2, (const uint32_t *)sc->ds16, bn / 2, 1, sc->kp, d, dq, dq_ld,
+                        true);
+        return;
+    }
     kern->gemm(nj, dv, mi, sc->s, 1, bn, dout, do_ld, sc->dv, dv, true); /* dV += (P∘Z)ᵀ dO */
     kern->gemm(nj, d, mi, sc->dp, 1, bn, q, q_ld, sc->dk, d, true);     /* dK += dSᵀ Q */
     kern->gemm(mi, d, nj, sc->dp, bn, 1, k, d, dq, dq_ld, true);        /* dQ += dS K */
@@ -478,19 +509,22 @@ static void pack_pairs(uint32_t *dst, int64_t ld, const float *x, int64_t rows, 
         }
 }
 
-/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn), and as pairs. */
+/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn); with pairs, kt2 and
+ * vt2 (pairs along d) and kp (pairs of keys) instead. */
 static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
                           int64_t kvh, int64_t j0, int64_t nj) {
     const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
     const float *k = view_f(&pl->k32, seq->b, seq->k0 + j0, kvh); /* (nj, d) */
     const float *v = view_f(&pl->v32, seq->b, seq->k0 + j0, kvh); /* (nj, dv) */
-    for (int64_t j = 0; j < nj; ++j) {
-        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
-        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
-    }
     if (pl->L.pairs) {
         pack_pairs(sc->kt2, bn, k, nj, d);
         pack_pairs(sc->vt2, bn, v, nj, dv);
+        pl->kern->pair_rows(sc->kp, d, k, d, nj, d);
+        return;
+    }
+    for (int64_t j = 0; j < nj; ++j) {
+        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
+        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
     }
 }
 
@@ -614,7 +648,7 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
         at += align_up((size_t)(rows * p->nheads * pl->L.dv2) * 4);
     }
     pl->scratch = at;
-    pl->scratch_layout = scratch_layout(p);
+    pl->scratch_layout = scratch_layout(p, pl->L.pairs);
     if (p->dropout_p > 0.0f) {
         pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
         pl->drop_scale = 1.0f / (1.0f - p->dropout_p);
@@ -662,5 +696,5 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL, fa_load_row_f32,
-                    fa_store_row_f32);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL, NULL, NULL,
+                    fa_load_row_f32, fa_store_row_f32);

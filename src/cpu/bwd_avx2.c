@@ -100,5 +100,5 @@ static void store_row_avx2(int32_t dtype, const float *src, void *dst, int64_t n
     for (; i < n; ++i) h[i] = fa_f32_to_f16(src[i]);
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL, load_row_avx2,
-                    store_row_avx2);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL, NULL, NULL,
+                    load_row_avx2, store_row_avx2);
