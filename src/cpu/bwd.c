@@ -104,6 +104,7 @@ typedef struct bwd_layout {
     int64_t rows_k; /* token rows of k: b·s_k, or varlen total_k */
     bool pairs;     /* bf16 on AVX512_BF16: S and dP from bf16 pairs (gemm_bf16) */
     int64_t d2, dv2; /* head dims in pairs: ceil(d / 2), ceil(d_v / 2) */
+    int64_t pair_rows; /* pairs: rows of qr, dor per head (each sequence starts a pair) */
     int64_t chunks; /* kv chunks per (sequence, kv head) = dQ partials */
     size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
 } bwd_layout;
@@ -111,7 +112,7 @@ typedef struct bwd_layout {
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
     size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta;
-    size_t kp, p2, ds2, ds16, qp, dop; /* pairs only (0 bytes otherwise) */
+    size_t kp, p2, ds2, ds16; /* pairs only (0 bytes otherwise) */
     size_t total;
 } bwd_scratch_layout;
 
@@ -123,6 +124,7 @@ typedef struct bwd_plan {
     bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
     bwd_view q32, do32, k32, v32; /* f32 copies, the tiles' operands */
     bwd_view q16, do16;           /* pairs: bf16 copies with even row lengths (2·d2, 2·dv2) */
+    bwd_view qr, dor;             /* pairs: pairs of rows of q, dout (pair_row_of), (d), (d_v) */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
     char *scratch;      /* scratch_layout.total bytes per thread */
@@ -184,8 +186,6 @@ static bwd_scratch_layout scratch_layout(const fa_problem *p, bool pairs) {
     o.p2 = take(&at, on * bm / 2 * bn * u);
     o.ds2 = take(&at, on * bm / 2 * bn * u);
     o.ds16 = take(&at, on * bm * bn * sizeof(uint16_t));
-    o.qp = take(&at, on * bm / 2 * d * u);
-    o.dop = take(&at, on * bm / 2 * dv * u);
     o.total = at;
     return o;
 }
@@ -210,9 +210,13 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bw
     size_t q_row = (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4;
     size_t k_row = (size_t)p->nheads_k * (size_t)(p->d + p->d_v) * 4;
     L->copy_bytes = (size_t)L->rows * q_row + (size_t)L->rows_k * k_row + 4 * BWD_ALIGN;
+    /* Sequence b's rows start at pair ceil((q0 + b) / 2) (varlen) or 0 of its own view. */
+    L->pair_rows = p->varlen ? (L->rows + p->batch + 2) / 2 : ceil_div(p->max_seqlen_q, 2);
     if (L->pairs)
         L->copy_bytes += (size_t)L->rows * (size_t)p->nheads * (size_t)(L->d2 + L->dv2) * 4 +
-                         2 * BWD_ALIGN;
+                         (size_t)(p->varlen ? 1 : p->batch) * (size_t)L->pair_rows *
+                             (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4 +
+                         4 * BWD_ALIGN;
     L->scratch_bytes = scratch_layout(p, L->pairs).total;
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
@@ -253,8 +257,6 @@ typedef struct bwd_scratch {
     uint32_t *p2;  /* (bm/2, bn) pairs of rows of P∘Z, A of dV += (P∘Z)ᵀ dO */
     uint32_t *ds2; /* (bm/2, bn) pairs of rows of dS, A of dK += dSᵀ Q */
     uint16_t *ds16; /* (bm, bn)  dS, A of dQ += dS K */
-    uint32_t *qp;  /* (bm/2, d)  pairs of rows of Q, B of dK */
-    uint32_t *dop; /* (bm/2, dv) pairs of rows of dO, B of dV */
 } bwd_scratch;
 
 static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
@@ -266,8 +268,7 @@ static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
                       (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2),
                       (float *)(at + o->lse), (float *)(at + o->delta), (uint32_t *)(at + o->kp),
                       (uint32_t *)(at + o->p2), (uint32_t *)(at + o->ds2),
-                      (uint16_t *)(at + o->ds16), (uint32_t *)(at + o->qp),
-                      (uint32_t *)(at + o->dop)};
+                      (uint16_t *)(at + o->ds16)};
     return sc;
 }
 
@@ -290,12 +291,50 @@ static void copy_pairs(uint16_t *dst, const void *src, int64_t n) {
     if (n % 2) dst[n] = 0;
 }
 
+/* The pair of rows that holds row i of sequence b: pairs (2k, 2k + 1) count from the sequence's
+ * first row, at pair ceil((q0 + b) / 2) of a varlen layout (never shared with sequence b - 1). */
+static int64_t pair_row_of(const bwd_plan *pl, int64_t b, int64_t q0, int64_t i) {
+    return (pl->p->varlen ? (q0 + b + 1) / 2 : 0) + i / 2;
+}
+
+/* Half i % 2 of each pair of row i of (seq, head h) in dst, from src (n bf16); the last row of
+ * an odd-length sequence pairs with zeros. */
+static void put_row_pairs(const bwd_plan *pl, const bwd_view *dst, const bwd_seq *seq, int64_t h,
+                          int64_t i, const uint16_t *src, int64_t n) {
+    uint16_t *half = (uint16_t *)view_at(dst, seq->b, pair_row_of(pl, seq->b, seq->q0, i), h);
+    bool last_alone = i == seq->sq - 1 && i % 2 == 0;
+    for (int64_t c = 0; c < n; ++c) {
+        half[2 * c + i % 2] = src[c];
+        if (last_alone) half[2 * c + 1] = 0;
+    }
+}
+
+/* The sequence holding packed q row t (varlen), or b's (batched); false outside every one. */
+static bool q_row_seq(const bwd_plan *pl, int64_t b, int64_t t, bwd_seq *seq) {
+    if (!pl->p->varlen) {
+        *seq = seq_of(pl, b);
+        return true;
+    }
+    const fa_tensor *cu = &pl->a->cu_seqlens_q;
+    int64_t lo = 0, hi = pl->p->batch; /* the last sequence with start <= t */
+    if (t < read_i32(cu, 0) || t >= read_i32(cu, hi)) return false;
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (read_i32(cu, mid) <= t) lo = mid;
+        else hi = mid;
+    }
+    *seq = seq_of(pl, lo);
+    return true;
+}
+
 /* q row: copies of q and dout, Δ = dO · O rounded like dP (0 outside every sequence). */
 static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
     const fa_problem *p = pl->p;
     int64_t b, t;
     row_coords(pl, r, p->max_seqlen_q, &b, &t);
     bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
+    bwd_seq seq;
+    bool paired = pl->L.pairs && q_row_seq(pl, b, t, &seq);
     for (int64_t h = 0; h < p->nheads; ++h) {
         float *dout = view_f(&pl->do32, b, t, h);
         pl->kern->load_row(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
@@ -304,6 +343,10 @@ static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
         if (pl->L.pairs) {
             copy_pairs(view_at(&pl->q16, b, t, h), view_at(&pl->q, b, t, h), p->d);
             copy_pairs(view_at(&pl->do16, b, t, h), view_at(&pl->dout, b, t, h), p->d_v);
+        }
+        if (paired) {
+            put_row_pairs(pl, &pl->qr, &seq, h, t - seq.q0, view_at(&pl->q, b, t, h), p->d);
+            put_row_pairs(pl, &pl->dor, &seq, h, t - seq.q0, view_at(&pl->dout, b, t, h), p->d_v);
         }
         float delta = pl->L.pairs ? pl->kern->dot_pairs(dout, o, p->d_v)
                                   : pl->kern->dot(dout, o, p->d_v);
@@ -483,10 +526,11 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     if (pl->L.pairs) { /* P∘Z and dS rounded to bf16, as FlashAttention feeds its tensor cores */
         int64_t mi2 = ceil_div(mi, 2), nj2 = ceil_div(nj, 2);
         kern->round_tile(sc->s, sc->dp, mi, nj, bn, sc->p2, sc->ds2, sc->ds16);
-        kern->pair_rows(sc->dop, dv, dout, do_ld, mi, dv);
-        kern->pair_rows(sc->qp, d, q, q_ld, mi, d);
-        kern->gemm_bf16(nj, dv, mi2, sc->p2, 1, bn, sc->dop, dv, sc->dv, dv, true);
-        kern->gemm_bf16(nj, d, mi2, sc->ds2, 1, bn, sc->qp, d, sc->dk, d, true);
+        int64_t pr = pair_row_of(pl, seq->b, seq->q0, i0); /* i0 is even */
+        const uint32_t *qr = view_at(&pl->qr, seq->b, pr, h);   /* (mi2, d) */
+        const uint32_t *dor = view_at(&pl->dor, seq->b, pr, h); /* (mi2, dv) */
+        kern->gemm_bf16(nj, dv, mi2, sc->p2, 1, bn, dor, dv, sc->dv, dv, true);
+        kern->gemm_bf16(nj, d, mi2, sc->ds2, 1, bn, qr, d, sc->dk, d, true);
         kern->gemm_bf16(mi, d, nj2, (const uint32_t *)sc->ds16, bn / 2, 1, sc->kp, d, dq, dq_ld,
                         true);
         return;
@@ -549,6 +593,7 @@ static void bwd_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_se
     memset(sc->dv, 0, (size_t)(nj * p->d_v) * sizeof(float));
     int64_t i_lo, i_hi;
     visible_queries(p, seq, j0, j0 + nj, &i_lo, &i_hi);
+    if (pl->L.pairs) i_lo -= i_lo % 2; /* tiles start a pair of rows; the extra row sees nothing */
     for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
         for (int64_t i0 = i_lo; i0 < i_hi; i0 += BWD_BLOCK_M) {
             int64_t mi = i_hi - i0 < BWD_BLOCK_M ? i_hi - i0 : BWD_BLOCK_M;
@@ -646,6 +691,11 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
         at += align_up((size_t)(rows * p->nheads * pl->L.d2) * 4);
         pl->do16 = view_buf(at, FA_DTYPE_BF16, sq, rows, p->nheads, 2 * pl->L.dv2, varlen);
         at += align_up((size_t)(rows * p->nheads * pl->L.dv2) * 4);
+        int64_t pairs = pl->L.pair_rows, seqs = varlen ? 1 : p->batch;
+        pl->qr = view_buf(at, FA_DTYPE_I32, pairs, pairs, p->nheads, p->d, varlen);
+        at += align_up((size_t)(seqs * pairs * p->nheads * p->d) * 4);
+        pl->dor = view_buf(at, FA_DTYPE_I32, pairs, pairs, p->nheads, p->d_v, varlen);
+        at += align_up((size_t)(seqs * pairs * p->nheads * p->d_v) * 4);
     }
     pl->scratch = at;
     pl->scratch_layout = scratch_layout(p, pl->L.pairs);
