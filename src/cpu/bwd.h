@@ -180,6 +180,14 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                        float a, const float *lse, const float *delta) {          \
         fa_bwd_probs_and_grads_loop(s, dp, m, n, ld, a, lse, delta);                             \
     }                                                                                            \
+    FA_BWD_KERNEL_TABLE_EXP(name, gemm_fn, name##_exp_affine, name##_probs_and_grads, dot_fn,     \
+                            gemm_bf16_fn, pair_rows_fn, round_tile_fn, dot_pairs_fn, load_fn,    \
+                            store_fn)
+
+/* The same with the file's own exp_affine and probs_and_grads (where the compiler does not
+ * vectorise the loops above: their selects need masks, which AVX2 lacks). */
+#define FA_BWD_KERNEL_TABLE_EXP(name, gemm_fn, exp_fn, probs_fn, dot_fn, gemm_bf16_fn,           \
+                                pair_rows_fn, round_tile_fn, dot_pairs_fn, load_fn, store_fn)    \
     static void name##_softcap(float *x, float *tc, int64_t n, float c) {                        \
         fa_bwd_softcap_loop(x, tc, n, c);                                                        \
     }                                                                                            \
@@ -187,7 +195,7 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                      uint32_t i, uint32_t g0, int64_t ng) {                      \
         fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);                               \
     }                                                                                            \
-    const fa_bwd_kernels name = {gemm_fn,        name##_exp_affine,    name##_probs_and_grads,    \
+    const fa_bwd_kernels name = {gemm_fn,        exp_fn,               probs_fn,                  \
                                  dot_fn,         name##_softcap,       name##_dropout_words,      \
                                  gemm_bf16_fn,   pair_rows_fn,         round_tile_fn,             \
                                  dot_pairs_fn,   load_fn,              store_fn}
