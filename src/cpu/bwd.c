@@ -5,8 +5,8 @@
  *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and head-major
  *             f32 copies of q, dout, k and v, so every tile operand is contiguous and streams.
  *   2. main   (parallel over (kv chunk, sequence, kv head), longest chunks first): a task owns
- *             the dK/dV of its keys, one kv block at a time, looping over the query heads of the
- *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
+ *             the dK/dV of its keys, BWD_GROUP kv blocks at a time, looping over the query heads
+ *             of the GQA group and the q blocks that can see them. It adds dQ into its chunk's own
  *             f32 partial, so no two tasks ever write the same float.
  *   3. reduce (parallel over token rows): dQ = scale · Σ_chunks partial, in chunk order.
  * Every float is produced by one task in a fixed order and the split into tasks does not depend
@@ -40,6 +40,7 @@ enum {
     BWD_BLOCK_M = 64,    /* q rows per tile */
     BWD_BLOCK_N = 64,    /* keys per kv block; a multiple of 4 (Philox draws 4 keys at once) */
     BWD_ROWS_PER_TASK = 16, /* prep and reduce */
+    BWD_GROUP = 4,       /* kv blocks a task holds at once (see bwd_kv_group) */
     BWD_ALIGN = 64
 };
 /* The main pass aims for this many tasks, splitting keys into chunks (each with its own dQ
@@ -111,8 +112,9 @@ typedef struct bwd_layout {
 
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
-    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta;
-    size_t kp, p2, ds2, ds16; /* pairs only (0 bytes otherwise) */
+    size_t kt, dk, vt, dv, kt2, vt2, kp; /* in kv slot 0; slot g is g · slot bytes further */
+    size_t slot;
+    size_t s, dp, tc, z, row, words, lse, delta, p2, ds2, ds16; /* the tile's, after the slots */
     size_t total;
 } bwd_scratch_layout;
 
@@ -166,23 +168,26 @@ static bwd_scratch_layout scratch_layout(const fa_problem *p, bool pairs) {
     const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float), u = sizeof(uint32_t);
     const size_t on = pairs ? 1 : 0;
     const size_t d = (size_t)p->d, dv = (size_t)p->d_v, row = d > dv ? d : dv;
+    const size_t off = pairs ? 0 : 1; /* f32 operands or pairs */
     bwd_scratch_layout o;
     size_t at = 0;
-    o.kt = take(&at, d * bn * f);
+    o.kt = take(&at, off * d * bn * f);
     o.dk = take(&at, bn * d * f);
-    o.vt = take(&at, dv * bn * f);
+    o.vt = take(&at, off * dv * bn * f);
     o.dv = take(&at, bn * dv * f);
+    o.kt2 = take(&at, on * (d + 1) / 2 * bn * u);
+    o.vt2 = take(&at, on * (dv + 1) / 2 * bn * u);
+    o.kp = take(&at, on * bn / 2 * d * u);
+    o.slot = at;
+    at *= BWD_GROUP;
     o.s = take(&at, bm * bn * f);
     o.dp = take(&at, bm * bn * f);
     o.tc = take(&at, bm * bn * f);
     o.z = take(&at, bn * f);
     o.row = take(&at, row * f);
     o.words = take(&at, (bn + 4) * sizeof(uint32_t));
-    o.kt2 = take(&at, (d + 1) / 2 * bn * sizeof(uint32_t));
-    o.vt2 = take(&at, (dv + 1) / 2 * bn * sizeof(uint32_t));
     o.lse = take(&at, bm * f);
     o.delta = take(&at, bm * f);
-    o.kp = take(&at, on * bn / 2 * d * u);
     o.p2 = take(&at, on * bm / 2 * bn * u);
     o.ds2 = take(&at, on * bm / 2 * bn * u);
     o.ds16 = take(&at, on * bm * bn * sizeof(uint16_t));
@@ -259,14 +264,16 @@ typedef struct bwd_scratch {
     uint16_t *ds16; /* (bm, bn)  dS, A of dQ += dS K */
 } bwd_scratch;
 
-static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
+/* The thread's tile buffers with kv slot `slot` (< BWD_GROUP). */
+static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread, int slot) {
     const bwd_scratch_layout *o = &pl->scratch_layout;
     char *at = pl->scratch + o->total * (size_t)thread;
-    bwd_scratch sc = {(float *)(at + o->kt), (float *)(at + o->dk),   (float *)(at + o->vt),
-                      (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
+    char *kv = at + o->slot * (size_t)slot;
+    bwd_scratch sc = {(float *)(kv + o->kt), (float *)(kv + o->dk),   (float *)(kv + o->vt),
+                      (float *)(kv + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
                       (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
-                      (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2),
-                      (float *)(at + o->lse), (float *)(at + o->delta), (uint32_t *)(at + o->kp),
+                      (float *)(at + o->row), (uint32_t *)(kv + o->kt2), (uint32_t *)(kv + o->vt2),
+                      (float *)(at + o->lse), (float *)(at + o->delta), (uint32_t *)(kv + o->kp),
                       (uint32_t *)(at + o->p2), (uint32_t *)(at + o->ds2),
                       (uint16_t *)(at + o->ds16)};
     return sc;
@@ -377,7 +384,7 @@ static void bwd_prep_task(void *arg, int64_t task, int thread) {
     bool is_q = task < q_tasks;
     int64_t r0 = (is_q ? task : task - q_tasks) * BWD_ROWS_PER_TASK;
     int64_t r1 = r0 + BWD_ROWS_PER_TASK, rows = is_q ? pl->L.rows : pl->L.rows_k;
-    float *o = bwd_scratch_of(pl, thread).row;
+    float *o = bwd_scratch_of(pl, thread, 0).row;
     for (int64_t r = r0; r < (r1 < rows ? r1 : rows); ++r) {
         if (is_q) prep_q_row(pl, r, o);
         else prep_k_row(pl, r);
@@ -584,22 +591,38 @@ static void store_kv_grads(const bwd_plan *pl, const bwd_scratch *sc, const bwd_
     }
 }
 
-static void bwd_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
-                         int64_t c, int64_t kvh, int64_t j0) {
+/* kv blocks [blk0, blk0 + n) (n <= BWD_GROUP), one per scratch slot: every q tile that sees
+ * one of them is visited once for all of them, so its operands and its dQ rows (in the chunk's
+ * partial, far beyond L2) are read once per group instead of once per block. Each float still
+ * sums in the same order as block by block. */
+static void bwd_kv_group(const bwd_plan *pl, int thread, const bwd_seq *seq, int64_t c,
+                         int64_t kvh, int64_t blk0, int n) {
     const fa_problem *p = pl->p;
-    int64_t nj = seq->sk - j0 < BWD_BLOCK_N ? seq->sk - j0 : BWD_BLOCK_N;
-    load_kv_block(pl, sc, seq, kvh, j0, nj);
-    memset(sc->dk, 0, (size_t)(nj * p->d) * sizeof(float));
-    memset(sc->dv, 0, (size_t)(nj * p->d_v) * sizeof(float));
-    int64_t i_lo, i_hi;
-    visible_queries(p, seq, j0, j0 + nj, &i_lo, &i_hi);
+    bwd_scratch sc[BWD_GROUP];
+    int64_t j0[BWD_GROUP], nj[BWD_GROUP], lo[BWD_GROUP], hi[BWD_GROUP];
+    int64_t i_lo = seq->sq, i_hi = 0; /* rows that see some block of the group */
+    for (int g = 0; g < n; ++g) {
+        sc[g] = bwd_scratch_of(pl, thread, g);
+        j0[g] = (blk0 + g) * BWD_BLOCK_N;
+        nj[g] = seq->sk - j0[g] < BWD_BLOCK_N ? seq->sk - j0[g] : BWD_BLOCK_N;
+        load_kv_block(pl, &sc[g], seq, kvh, j0[g], nj[g]);
+        memset(sc[g].dk, 0, (size_t)(nj[g] * p->d) * sizeof(float));
+        memset(sc[g].dv, 0, (size_t)(nj[g] * p->d_v) * sizeof(float));
+        visible_queries(p, seq, j0[g], j0[g] + nj[g], &lo[g], &hi[g]);
+        if (lo[g] < hi[g]) {
+            i_lo = lo[g] < i_lo ? lo[g] : i_lo;
+            i_hi = hi[g] > i_hi ? hi[g] : i_hi;
+        }
+    }
     if (pl->L.pairs) i_lo -= i_lo % 2; /* tiles start a pair of rows; the extra row sees nothing */
     for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
         for (int64_t i0 = i_lo; i0 < i_hi; i0 += BWD_BLOCK_M) {
             int64_t mi = i_hi - i0 < BWD_BLOCK_M ? i_hi - i0 : BWD_BLOCK_M;
-            bwd_tile(pl, sc, seq, c, h, i0, mi, j0, nj);
+            for (int g = 0; g < n; ++g)
+                if (lo[g] < hi[g] && i0 < hi[g] && i0 + mi > lo[g])
+                    bwd_tile(pl, &sc[g], seq, c, h, i0, mi, j0[g], nj[g]);
         }
-    store_kv_grads(pl, sc, seq, kvh, j0, nj);
+    for (int g = 0; g < n; ++g) store_kv_grads(pl, &sc[g], seq, kvh, j0[g], nj[g]);
 }
 
 /* Task = (chunk c, sequence b, kv head): chunk-major, so with causal masks (where the first
@@ -610,21 +633,22 @@ static void bwd_main_task(void *arg, int64_t task, int thread) {
     int64_t owners = p->batch * p->nheads_k;
     int64_t c = task / owners, b = task % owners / p->nheads_k, kvh = task % p->nheads_k;
     bwd_seq seq = seq_of(pl, b);
-    bwd_scratch sc = bwd_scratch_of(pl, thread);
     /* This chunk's partial for the group's heads starts at zero. */
     for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
         memset(view_f(&pl->part, b, seq.q0, h) + c * pl->part_chunk, 0,
                (size_t)(seq.sq * p->d) * sizeof(float));
     int64_t blocks = ceil_div(seq.sk, BWD_BLOCK_N), chunks = pl->L.chunks;
-    for (int64_t blk = c * blocks / chunks; blk < (c + 1) * blocks / chunks; ++blk)
-        bwd_kv_block(pl, &sc, &seq, c, kvh, blk * BWD_BLOCK_N);
+    int64_t end = (c + 1) * blocks / chunks;
+    for (int64_t blk = c * blocks / chunks; blk < end; blk += BWD_GROUP)
+        bwd_kv_group(pl, thread, &seq, c, kvh, blk,
+                     end - blk < BWD_GROUP ? (int)(end - blk) : BWD_GROUP);
 }
 
 /* ---------------------------------------------------------------- pass 3: reduce dQ */
 static void bwd_reduce_task(void *arg, int64_t task, int thread) {
     const bwd_plan *pl = arg;
     const fa_problem *p = pl->p;
-    float *acc = bwd_scratch_of(pl, thread).row;
+    float *acc = bwd_scratch_of(pl, thread, 0).row;
     int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
                                                               : pl->L.rows;
     for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
