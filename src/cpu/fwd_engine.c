@@ -328,9 +328,11 @@ static void scores_mask(const fa_run *run, const fa_item *it, float *s, int64_t 
     for (int64_t r = 0; r < (int64_t)it->ng * it->nq; ++r) {
         int64_t i = it->i0 + r % it->nq;
         int64_t lo = key_lo(p, sq, i) - j0, hi = key_hi(p, sq, i) - j0;
+        /* clamped to the block as ints, so that the select below vectorises */
+        int l = lo < 0 ? 0 : lo > FA_BLOCK_N ? FA_BLOCK_N : (int)lo;
+        int h = hi < 0 ? 0 : hi > FA_BLOCK_N ? FA_BLOCK_N : (int)hi;
         float *row = s + r * FA_BLOCK_N;
-        for (int64_t j = 0; j < FA_BLOCK_N; ++j)
-            if (j < lo || j >= hi) row[j] = -INFINITY;
+        for (int j = 0; j < FA_BLOCK_N; ++j) row[j] = j < l || j >= h ? -INFINITY : row[j];
     }
 }
 
