@@ -98,9 +98,38 @@ def _before_call(device):
     return lambda ctx: ctx.set_num_threads(threads)
 
 
+_WORKSPACE_GRAIN = 2 << 20  # cpu workspaces grow in steps of 2 MiB
+
+
+def _cpu_workspace(ctx):
+    """The cpu context's workspace, grown on demand and reused by every call. A fresh buffer per
+    call costs a page fault and a page of zeroing for every 4 KiB of it (the backward's is tens of
+    MiB at seqlen 4k). Sharing one is safe: ctx.run holds the context's lock for the whole call.
+    CUDA keeps one allocation per call, from torch's caching allocator (stream-ordered)."""
+
+    def alloc(nbytes):
+        ws = ctx.workspace
+        if ws is None or ws.numel() < nbytes:
+            ctx.workspace = None  # free the old buffer before taking the larger one
+            ctx.workspace = ws = torch.empty(round_up(nbytes, _WORKSPACE_GRAIN), dtype=torch.uint8)
+        return ws
+
+    return alloc
+
+
+def release_workspaces():
+    """Frees the cached cpu workspaces (the next call allocates again)."""
+    for ctx in list(_contexts.values()):
+        with ctx.lock:
+            ctx.workspace = None
+
+
 def _run(op, device, tensors, scalars, opts):
     ctx = context(device)
-    alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
+    if device.type == "cpu":
+        alloc = _cpu_workspace(ctx)
+    else:
+        alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
     ctx.run(op, tensors, scalars, opts, alloc, before=_before_call(device))
 
 

@@ -397,6 +397,7 @@ class Context:
         self.device_index = device_index
         self.lock = threading.Lock()
         self._num_threads = None
+        self.workspace = None  # the engine's reused cpu workspace (_engine._cpu_workspace)
 
     def set_num_threads(self, n):
         if n != self._num_threads:

@@ -5,8 +5,8 @@
  *   1. prep   (parallel over token rows): Δ = rowsum(dO ∘ O) into softmax_d, and head-major
  *             f32 copies of q, dout, k and v, so every tile operand is contiguous and streams.
  *   2. main   (parallel over (kv chunk, sequence, kv head), longest chunks first): a task owns
- *             the dK/dV of its keys, one kv block at a time, looping over the query heads of the
- *             GQA group and the q blocks that can see the block. It adds dQ into its chunk's own
+ *             the dK/dV of its keys, BWD_GROUP kv blocks at a time, looping over the query heads
+ *             of the GQA group and the q blocks that can see them. It adds dQ into its chunk's own
  *             f32 partial, so no two tasks ever write the same float.
  *   3. reduce (parallel over token rows): dQ = scale · Σ_chunks partial, in chunk order.
  * Every float is produced by one task in a fixed order and the split into tasks does not depend
@@ -20,13 +20,14 @@
  *   dK += dSᵀ Q;      dQ += dS K          (scale applied once, when dK and dQ are stored)
  * Row i sees the keys [lo_i, hi_i) of fa_problem's window rule; q blocks that see nothing of a
  * kv block are skipped, tiles that see all of it (without softcap, ALiBi or dropout) take one
- * fused exp + dS loop, the others go row by row. bf16 inputs on AVX512_BF16 compute S and dP
- * from the exact bf16 values on vdpbf16ps.
+ * fused exp + dS loop, the others go row by row. bf16 inputs on AVX512_BF16 run all five
+ * products on vdpbf16ps: S and dP from the exact bf16 inputs, dV, dK and dQ from P∘Z and dS
+ * rounded to bf16 (as FlashAttention feeds them to its tensor cores); every sum stays f32.
  *
  * Workspace (fa_cpu_bwd_workspace; nothing is allocated per call): the dQ partials
  * (chunks · rows_q · h · d f32), f32 copies of q, dout (rows_q · h · (d + d_v)) and k, v
  * (rows_k · h_k · (d + d_v)), bf16 copies of q, dout for the pair kernels, and per thread
- * about 4·64·(d + d_v) + 3·64² floats of tiles.
+ * about 4·64·(d + d_v) + 3·64² floats of tiles (with pairs, their bf16 operands as well).
  */
 #include <math.h>
 #include <string.h>
@@ -39,6 +40,7 @@ enum {
     BWD_BLOCK_M = 64,    /* q rows per tile */
     BWD_BLOCK_N = 64,    /* keys per kv block; a multiple of 4 (Philox draws 4 keys at once) */
     BWD_ROWS_PER_TASK = 16, /* prep and reduce */
+    BWD_GROUP = 4,       /* kv blocks a task holds at once (see bwd_kv_group) */
     BWD_ALIGN = 64
 };
 /* The main pass aims for this many tasks, splitting keys into chunks (each with its own dQ
@@ -103,13 +105,17 @@ typedef struct bwd_layout {
     int64_t rows_k; /* token rows of k: b·s_k, or varlen total_k */
     bool pairs;     /* bf16 on AVX512_BF16: S and dP from bf16 pairs (gemm_bf16) */
     int64_t d2, dv2; /* head dims in pairs: ceil(d / 2), ceil(d_v / 2) */
+    int64_t pair_rows; /* pairs: rows of qr, dor per head (each sequence starts a pair) */
     int64_t chunks; /* kv chunks per (sequence, kv head) = dQ partials */
     size_t part_bytes, copy_bytes, scratch_bytes, total_bytes;
 } bwd_layout;
 
 /* Per-thread scratch: the byte offset of each buffer (see bwd_scratch) and the total. */
 typedef struct bwd_scratch_layout {
-    size_t kt, dk, vt, dv, s, dp, tc, z, row, words, kt2, vt2, lse, delta, total;
+    size_t kt, dk, vt, dv, kt2, vt2, kp; /* in kv slot 0; slot g is g · slot bytes further */
+    size_t slot;
+    size_t s, dp, tc, z, row, words, lse, delta, p2, ds2, ds16; /* the tile's, after the slots */
+    size_t total;
 } bwd_scratch_layout;
 
 typedef struct bwd_plan {
@@ -120,6 +126,7 @@ typedef struct bwd_plan {
     bwd_view q, k, v, out, dout, lse, dsum, dq, dk, dv;
     bwd_view q32, do32, k32, v32; /* f32 copies, the tiles' operands */
     bwd_view q16, do16;           /* pairs: bf16 copies with even row lengths (2·d2, 2·dv2) */
+    bwd_view qr, dor;             /* pairs: pairs of rows of q, dout (pair_row_of), (d), (d_v) */
     bwd_view part;      /* chunk 0 of the dQ partials; chunk c is part_chunk floats further */
     int64_t part_chunk;
     char *scratch;      /* scratch_layout.total bytes per thread */
@@ -157,25 +164,33 @@ static size_t take(size_t *at, size_t bytes) {
     return offset;
 }
 
-static bwd_scratch_layout scratch_layout(const fa_problem *p) {
-    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float);
+static bwd_scratch_layout scratch_layout(const fa_problem *p, bool pairs) {
+    const size_t bm = BWD_BLOCK_M, bn = BWD_BLOCK_N, f = sizeof(float), u = sizeof(uint32_t);
+    const size_t on = pairs ? 1 : 0;
     const size_t d = (size_t)p->d, dv = (size_t)p->d_v, row = d > dv ? d : dv;
+    const size_t off = pairs ? 0 : 1; /* f32 operands or pairs */
     bwd_scratch_layout o;
     size_t at = 0;
-    o.kt = take(&at, d * bn * f);
+    o.kt = take(&at, off * d * bn * f);
     o.dk = take(&at, bn * d * f);
-    o.vt = take(&at, dv * bn * f);
+    o.vt = take(&at, off * dv * bn * f);
     o.dv = take(&at, bn * dv * f);
+    o.kt2 = take(&at, on * (d + 1) / 2 * bn * u);
+    o.vt2 = take(&at, on * (dv + 1) / 2 * bn * u);
+    o.kp = take(&at, on * bn / 2 * d * u);
+    o.slot = at;
+    at *= BWD_GROUP;
     o.s = take(&at, bm * bn * f);
     o.dp = take(&at, bm * bn * f);
     o.tc = take(&at, bm * bn * f);
     o.z = take(&at, bn * f);
     o.row = take(&at, row * f);
     o.words = take(&at, (bn + 4) * sizeof(uint32_t));
-    o.kt2 = take(&at, (d + 1) / 2 * bn * sizeof(uint32_t));
-    o.vt2 = take(&at, (dv + 1) / 2 * bn * sizeof(uint32_t));
     o.lse = take(&at, bm * f);
     o.delta = take(&at, bm * f);
+    o.p2 = take(&at, on * bm / 2 * bn * u);
+    o.ds2 = take(&at, on * bm / 2 * bn * u);
+    o.ds16 = take(&at, on * bm * bn * sizeof(uint16_t));
     o.total = at;
     return o;
 }
@@ -200,10 +215,14 @@ static void bwd_layout_of(const fa_problem *p, const fa_bwd_args *a, const fa_bw
     size_t q_row = (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4;
     size_t k_row = (size_t)p->nheads_k * (size_t)(p->d + p->d_v) * 4;
     L->copy_bytes = (size_t)L->rows * q_row + (size_t)L->rows_k * k_row + 4 * BWD_ALIGN;
+    /* Sequence b's rows start at pair ceil((q0 + b) / 2) (varlen) or 0 of its own view. */
+    L->pair_rows = p->varlen ? (L->rows + p->batch + 2) / 2 : ceil_div(p->max_seqlen_q, 2);
     if (L->pairs)
         L->copy_bytes += (size_t)L->rows * (size_t)p->nheads * (size_t)(L->d2 + L->dv2) * 4 +
-                         2 * BWD_ALIGN;
-    L->scratch_bytes = scratch_layout(p).total;
+                         (size_t)(p->varlen ? 1 : p->batch) * (size_t)L->pair_rows *
+                             (size_t)p->nheads * (size_t)(p->d + p->d_v) * 4 +
+                         4 * BWD_ALIGN;
+    L->scratch_bytes = scratch_layout(p, L->pairs).total;
     L->total_bytes = BWD_ALIGN + L->part_bytes + L->copy_bytes + L->scratch_bytes * (size_t)threads;
 }
 
@@ -238,16 +257,25 @@ typedef struct bwd_scratch {
     uint32_t *vt2; /* (dv2, bn) */
     float *lse;    /* (bm)      the tile's rows of softmax_lse and Δ */
     float *delta;  /* (bm) */
+    /* pairs: the bf16 operands of dV, dK and dQ (pair_rows, round_tile) */
+    uint32_t *kp;  /* (bn/2, d)  pairs of keys, B of dQ += dS K */
+    uint32_t *p2;  /* (bm/2, bn) pairs of rows of P∘Z, A of dV += (P∘Z)ᵀ dO */
+    uint32_t *ds2; /* (bm/2, bn) pairs of rows of dS, A of dK += dSᵀ Q */
+    uint16_t *ds16; /* (bm, bn)  dS, A of dQ += dS K */
 } bwd_scratch;
 
-static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread) {
+/* The thread's tile buffers with kv slot `slot` (< BWD_GROUP). */
+static bwd_scratch bwd_scratch_of(const bwd_plan *pl, int thread, int slot) {
     const bwd_scratch_layout *o = &pl->scratch_layout;
     char *at = pl->scratch + o->total * (size_t)thread;
-    bwd_scratch sc = {(float *)(at + o->kt), (float *)(at + o->dk),   (float *)(at + o->vt),
-                      (float *)(at + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
+    char *kv = at + o->slot * (size_t)slot;
+    bwd_scratch sc = {(float *)(kv + o->kt), (float *)(kv + o->dk),   (float *)(kv + o->vt),
+                      (float *)(kv + o->dv), (float *)(at + o->s),    (float *)(at + o->dp),
                       (float *)(at + o->tc), (float *)(at + o->z),    (uint32_t *)(at + o->words),
-                      (float *)(at + o->row), (uint32_t *)(at + o->kt2), (uint32_t *)(at + o->vt2),
-                      (float *)(at + o->lse), (float *)(at + o->delta)};
+                      (float *)(at + o->row), (uint32_t *)(kv + o->kt2), (uint32_t *)(kv + o->vt2),
+                      (float *)(at + o->lse), (float *)(at + o->delta), (uint32_t *)(kv + o->kp),
+                      (uint32_t *)(at + o->p2), (uint32_t *)(at + o->ds2),
+                      (uint16_t *)(at + o->ds16)};
     return sc;
 }
 
@@ -270,12 +298,50 @@ static void copy_pairs(uint16_t *dst, const void *src, int64_t n) {
     if (n % 2) dst[n] = 0;
 }
 
+/* The pair of rows that holds row i of sequence b: pairs (2k, 2k + 1) count from the sequence's
+ * first row, at pair ceil((q0 + b) / 2) of a varlen layout (never shared with sequence b - 1). */
+static int64_t pair_row_of(const bwd_plan *pl, int64_t b, int64_t q0, int64_t i) {
+    return (pl->p->varlen ? (q0 + b + 1) / 2 : 0) + i / 2;
+}
+
+/* Half i % 2 of each pair of row i of (seq, head h) in dst, from src (n bf16); the last row of
+ * an odd-length sequence pairs with zeros. */
+static void put_row_pairs(const bwd_plan *pl, const bwd_view *dst, const bwd_seq *seq, int64_t h,
+                          int64_t i, const uint16_t *src, int64_t n) {
+    uint16_t *half = (uint16_t *)view_at(dst, seq->b, pair_row_of(pl, seq->b, seq->q0, i), h);
+    bool last_alone = i == seq->sq - 1 && i % 2 == 0;
+    for (int64_t c = 0; c < n; ++c) {
+        half[2 * c + i % 2] = src[c];
+        if (last_alone) half[2 * c + 1] = 0;
+    }
+}
+
+/* The sequence holding packed q row t (varlen), or b's (batched); false outside every one. */
+static bool q_row_seq(const bwd_plan *pl, int64_t b, int64_t t, bwd_seq *seq) {
+    if (!pl->p->varlen) {
+        *seq = seq_of(pl, b);
+        return true;
+    }
+    const fa_tensor *cu = &pl->a->cu_seqlens_q;
+    int64_t lo = 0, hi = pl->p->batch; /* the last sequence with start <= t */
+    if (t < read_i32(cu, 0) || t >= read_i32(cu, hi)) return false;
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (read_i32(cu, mid) <= t) lo = mid;
+        else hi = mid;
+    }
+    *seq = seq_of(pl, lo);
+    return true;
+}
+
 /* q row: copies of q and dout, Δ = dO · O rounded like dP (0 outside every sequence). */
 static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
     const fa_problem *p = pl->p;
     int64_t b, t;
     row_coords(pl, r, p->max_seqlen_q, &b, &t);
     bool live = row_in_sequences(pl, &pl->a->cu_seqlens_q, t);
+    bwd_seq seq;
+    bool paired = pl->L.pairs && q_row_seq(pl, b, t, &seq);
     for (int64_t h = 0; h < p->nheads; ++h) {
         float *dout = view_f(&pl->do32, b, t, h);
         pl->kern->load_row(p->dtype, view_at(&pl->dout, b, t, h), dout, p->d_v);
@@ -284,6 +350,10 @@ static void prep_q_row(const bwd_plan *pl, int64_t r, float *o) {
         if (pl->L.pairs) {
             copy_pairs(view_at(&pl->q16, b, t, h), view_at(&pl->q, b, t, h), p->d);
             copy_pairs(view_at(&pl->do16, b, t, h), view_at(&pl->dout, b, t, h), p->d_v);
+        }
+        if (paired) {
+            put_row_pairs(pl, &pl->qr, &seq, h, t - seq.q0, view_at(&pl->q, b, t, h), p->d);
+            put_row_pairs(pl, &pl->dor, &seq, h, t - seq.q0, view_at(&pl->dout, b, t, h), p->d_v);
         }
         float delta = pl->L.pairs ? pl->kern->dot_pairs(dout, o, p->d_v)
                                   : pl->kern->dot(dout, o, p->d_v);
@@ -314,7 +384,7 @@ static void bwd_prep_task(void *arg, int64_t task, int thread) {
     bool is_q = task < q_tasks;
     int64_t r0 = (is_q ? task : task - q_tasks) * BWD_ROWS_PER_TASK;
     int64_t r1 = r0 + BWD_ROWS_PER_TASK, rows = is_q ? pl->L.rows : pl->L.rows_k;
-    float *o = bwd_scratch_of(pl, thread).row;
+    float *o = bwd_scratch_of(pl, thread, 0).row;
     for (int64_t r = r0; r < (r1 < rows ? r1 : rows); ++r) {
         if (is_q) prep_q_row(pl, r, o);
         else prep_k_row(pl, r);
@@ -446,10 +516,10 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
     float slope = pl->p->alibi != FA_ALIBI_NONE ? alibi_slope(pl, seq->b, h) : 0.0f;
 
     if (pl->L.pairs) {
-        const uint16_t *q2 = view_at(&pl->q16, seq->b, seq->q0 + i0, h);     /* (mi, 2·d2) */
-        const uint16_t *do2 = view_at(&pl->do16, seq->b, seq->q0 + i0, h);   /* (mi, 2·dv2) */
-        kern->gemm_bf16(mi, nj, pl->L.d2, q2, pl->q16.ts, sc->kt2, bn, sc->s, bn);
-        kern->gemm_bf16(mi, nj, pl->L.dv2, do2, pl->do16.ts, sc->vt2, bn, sc->dp, bn);
+        const uint32_t *q2 = view_at(&pl->q16, seq->b, seq->q0 + i0, h);     /* (mi, d2) */
+        const uint32_t *do2 = view_at(&pl->do16, seq->b, seq->q0 + i0, h);   /* (mi, dv2) */
+        kern->gemm_bf16(mi, nj, pl->L.d2, q2, pl->L.d2, 1, sc->kt2, bn, sc->s, bn, false);
+        kern->gemm_bf16(mi, nj, pl->L.dv2, do2, pl->L.dv2, 1, sc->vt2, bn, sc->dp, bn, false);
     } else {
         kern->gemm(mi, nj, d, q, q_ld, 1, sc->kt, bn, sc->s, bn, false);      /* S = Q Kᵀ */
         kern->gemm(mi, nj, dv, dout, do_ld, 1, sc->vt, bn, sc->dp, bn, false); /* dP = dO Vᵀ */
@@ -460,6 +530,18 @@ static void bwd_tile(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *s
         for (int64_t r = 0; r < mi; ++r)
             tile_row(pl, sc, seq, h, slope, i0 + r, j0, nj, sc->s + r * bn, sc->dp + r * bn,
                      sc->tc + r * bn);
+    if (pl->L.pairs) { /* P∘Z and dS rounded to bf16, as FlashAttention feeds its tensor cores */
+        int64_t mi2 = ceil_div(mi, 2), nj2 = ceil_div(nj, 2);
+        kern->round_tile(sc->s, sc->dp, mi, nj, bn, sc->p2, sc->ds2, sc->ds16);
+        int64_t pr = pair_row_of(pl, seq->b, seq->q0, i0); /* i0 is even */
+        const uint32_t *qr = view_at(&pl->qr, seq->b, pr, h);   /* (mi2, d) */
+        const uint32_t *dor = view_at(&pl->dor, seq->b, pr, h); /* (mi2, dv) */
+        kern->gemm_bf16(nj, dv, mi2, sc->p2, 1, bn, dor, dv, sc->dv, dv, true);
+        kern->gemm_bf16(nj, d, mi2, sc->ds2, 1, bn, qr, d, sc->dk, d, true);
+        kern->gemm_bf16(mi, d, nj2, (const uint32_t *)sc->ds16, bn / 2, 1, sc->kp, d, dq, dq_ld,
+                        true);
+        return;
+    }
     kern->gemm(nj, dv, mi, sc->s, 1, bn, dout, do_ld, sc->dv, dv, true); /* dV += (P∘Z)ᵀ dO */
     kern->gemm(nj, d, mi, sc->dp, 1, bn, q, q_ld, sc->dk, d, true);     /* dK += dSᵀ Q */
     kern->gemm(mi, d, nj, sc->dp, bn, 1, k, d, dq, dq_ld, true);        /* dQ += dS K */
@@ -478,19 +560,22 @@ static void pack_pairs(uint32_t *dst, int64_t ld, const float *x, int64_t rows, 
         }
 }
 
-/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn), and as pairs. */
+/* Keys [j0, j0 + nj) of kv head kvh, transposed: kt (d, bn), vt (dv, bn); with pairs, kt2 and
+ * vt2 (pairs along d) and kp (pairs of keys) instead. */
 static void load_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
                           int64_t kvh, int64_t j0, int64_t nj) {
     const int64_t bn = BWD_BLOCK_N, d = pl->p->d, dv = pl->p->d_v;
     const float *k = view_f(&pl->k32, seq->b, seq->k0 + j0, kvh); /* (nj, d) */
     const float *v = view_f(&pl->v32, seq->b, seq->k0 + j0, kvh); /* (nj, dv) */
-    for (int64_t j = 0; j < nj; ++j) {
-        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
-        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
-    }
     if (pl->L.pairs) {
         pack_pairs(sc->kt2, bn, k, nj, d);
         pack_pairs(sc->vt2, bn, v, nj, dv);
+        pl->kern->pair_rows(sc->kp, d, k, d, nj, d);
+        return;
+    }
+    for (int64_t j = 0; j < nj; ++j) {
+        for (int64_t c = 0; c < d; ++c) sc->kt[c * bn + j] = k[j * d + c];
+        for (int64_t c = 0; c < dv; ++c) sc->vt[c * bn + j] = v[j * dv + c];
     }
 }
 
@@ -506,21 +591,38 @@ static void store_kv_grads(const bwd_plan *pl, const bwd_scratch *sc, const bwd_
     }
 }
 
-static void bwd_kv_block(const bwd_plan *pl, const bwd_scratch *sc, const bwd_seq *seq,
-                         int64_t c, int64_t kvh, int64_t j0) {
+/* kv blocks [blk0, blk0 + n) (n <= BWD_GROUP), one per scratch slot: every q tile that sees
+ * one of them is visited once for all of them, so its operands and its dQ rows (in the chunk's
+ * partial, far beyond L2) are read once per group instead of once per block. Each float still
+ * sums in the same order as block by block. */
+static void bwd_kv_group(const bwd_plan *pl, int thread, const bwd_seq *seq, int64_t c,
+                         int64_t kvh, int64_t blk0, int n) {
     const fa_problem *p = pl->p;
-    int64_t nj = seq->sk - j0 < BWD_BLOCK_N ? seq->sk - j0 : BWD_BLOCK_N;
-    load_kv_block(pl, sc, seq, kvh, j0, nj);
-    memset(sc->dk, 0, (size_t)(nj * p->d) * sizeof(float));
-    memset(sc->dv, 0, (size_t)(nj * p->d_v) * sizeof(float));
-    int64_t i_lo, i_hi;
-    visible_queries(p, seq, j0, j0 + nj, &i_lo, &i_hi);
+    bwd_scratch sc[BWD_GROUP];
+    int64_t j0[BWD_GROUP], nj[BWD_GROUP], lo[BWD_GROUP], hi[BWD_GROUP];
+    int64_t i_lo = seq->sq, i_hi = 0; /* rows that see some block of the group */
+    for (int g = 0; g < n; ++g) {
+        sc[g] = bwd_scratch_of(pl, thread, g);
+        j0[g] = (blk0 + g) * BWD_BLOCK_N;
+        nj[g] = seq->sk - j0[g] < BWD_BLOCK_N ? seq->sk - j0[g] : BWD_BLOCK_N;
+        load_kv_block(pl, &sc[g], seq, kvh, j0[g], nj[g]);
+        memset(sc[g].dk, 0, (size_t)(nj[g] * p->d) * sizeof(float));
+        memset(sc[g].dv, 0, (size_t)(nj[g] * p->d_v) * sizeof(float));
+        visible_queries(p, seq, j0[g], j0[g] + nj[g], &lo[g], &hi[g]);
+        if (lo[g] < hi[g]) {
+            i_lo = lo[g] < i_lo ? lo[g] : i_lo;
+            i_hi = hi[g] > i_hi ? hi[g] : i_hi;
+        }
+    }
+    if (pl->L.pairs) i_lo -= i_lo % 2; /* tiles start a pair of rows; the extra row sees nothing */
     for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
         for (int64_t i0 = i_lo; i0 < i_hi; i0 += BWD_BLOCK_M) {
             int64_t mi = i_hi - i0 < BWD_BLOCK_M ? i_hi - i0 : BWD_BLOCK_M;
-            bwd_tile(pl, sc, seq, c, h, i0, mi, j0, nj);
+            for (int g = 0; g < n; ++g)
+                if (lo[g] < hi[g] && i0 < hi[g] && i0 + mi > lo[g])
+                    bwd_tile(pl, &sc[g], seq, c, h, i0, mi, j0[g], nj[g]);
         }
-    store_kv_grads(pl, sc, seq, kvh, j0, nj);
+    for (int g = 0; g < n; ++g) store_kv_grads(pl, &sc[g], seq, kvh, j0[g], nj[g]);
 }
 
 /* Task = (chunk c, sequence b, kv head): chunk-major, so with causal masks (where the first
@@ -531,21 +633,22 @@ static void bwd_main_task(void *arg, int64_t task, int thread) {
     int64_t owners = p->batch * p->nheads_k;
     int64_t c = task / owners, b = task % owners / p->nheads_k, kvh = task % p->nheads_k;
     bwd_seq seq = seq_of(pl, b);
-    bwd_scratch sc = bwd_scratch_of(pl, thread);
     /* This chunk's partial for the group's heads starts at zero. */
     for (int64_t h = kvh * pl->group; h < (kvh + 1) * pl->group; ++h)
         memset(view_f(&pl->part, b, seq.q0, h) + c * pl->part_chunk, 0,
                (size_t)(seq.sq * p->d) * sizeof(float));
     int64_t blocks = ceil_div(seq.sk, BWD_BLOCK_N), chunks = pl->L.chunks;
-    for (int64_t blk = c * blocks / chunks; blk < (c + 1) * blocks / chunks; ++blk)
-        bwd_kv_block(pl, &sc, &seq, c, kvh, blk * BWD_BLOCK_N);
+    int64_t end = (c + 1) * blocks / chunks;
+    for (int64_t blk = c * blocks / chunks; blk < end; blk += BWD_GROUP)
+        bwd_kv_group(pl, thread, &seq, c, kvh, blk,
+                     end - blk < BWD_GROUP ? (int)(end - blk) : BWD_GROUP);
 }
 
 /* ---------------------------------------------------------------- pass 3: reduce dQ */
 static void bwd_reduce_task(void *arg, int64_t task, int thread) {
     const bwd_plan *pl = arg;
     const fa_problem *p = pl->p;
-    float *acc = bwd_scratch_of(pl, thread).row;
+    float *acc = bwd_scratch_of(pl, thread, 0).row;
     int64_t r1 = (task + 1) * BWD_ROWS_PER_TASK < pl->L.rows ? (task + 1) * BWD_ROWS_PER_TASK
                                                               : pl->L.rows;
     for (int64_t r = task * BWD_ROWS_PER_TASK; r < r1; ++r) {
@@ -612,9 +715,14 @@ static void bwd_plan_init(bwd_plan *pl, fa_context *ctx, const fa_problem *p,
         at += align_up((size_t)(rows * p->nheads * pl->L.d2) * 4);
         pl->do16 = view_buf(at, FA_DTYPE_BF16, sq, rows, p->nheads, 2 * pl->L.dv2, varlen);
         at += align_up((size_t)(rows * p->nheads * pl->L.dv2) * 4);
+        int64_t pairs = pl->L.pair_rows, seqs = varlen ? 1 : p->batch;
+        pl->qr = view_buf(at, FA_DTYPE_I32, pairs, pairs, p->nheads, p->d, varlen);
+        at += align_up((size_t)(seqs * pairs * p->nheads * p->d) * 4);
+        pl->dor = view_buf(at, FA_DTYPE_I32, pairs, pairs, p->nheads, p->d_v, varlen);
+        at += align_up((size_t)(seqs * pairs * p->nheads * p->d_v) * 4);
     }
     pl->scratch = at;
-    pl->scratch_layout = scratch_layout(p);
+    pl->scratch_layout = scratch_layout(p, pl->L.pairs);
     if (p->dropout_p > 0.0f) {
         pl->drop_threshold = fa_dropout_threshold(p->dropout_p);
         pl->drop_scale = 1.0f / (1.0f - p->dropout_p);
@@ -662,5 +770,5 @@ static float dot_scalar(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL, fa_load_row_f32,
-                    fa_store_row_f32);
+FA_BWD_KERNEL_TABLE(fa_bwd_kernels_scalar, gemm_scalar, dot_scalar, NULL, NULL, NULL, NULL,
+                    fa_load_row_f32, fa_store_row_f32);

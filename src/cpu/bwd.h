@@ -34,12 +34,24 @@ typedef struct fa_bwd_kernels {
      * w[4 g + l] is word l of group g0 + g. */
     void (*dropout_words)(uint32_t *w, uint64_t seed, uint64_t offset, uint32_t bh, uint32_t i,
                           uint32_t g0, int64_t ng);
-    /* AVX512_BF16 only (else NULL), for bf16 inputs, whose products are exact in f32:
-     * C (M, N) = A (M, 2·K2) · B on vdpbf16ps. A is bf16 row-major (row stride lda, even);
-     * B holds bf16 pairs along K, (K2, N) uint32 with row stride ldb. dot_pairs is its dot,
-     * rounded the same way (odd term, then even term, of each pair). */
-    void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
-                      const uint32_t *B, int64_t ldb, float *C, int64_t ldc);
+    /* AVX512_BF16 only (else NULL), for bf16 inputs: C (M, N) [+]= A · B on vdpbf16ps, which
+     * multiplies pairs of bf16 along K and adds both products into f32 lanes. A[m][k] is the
+     * pair at A[m * a_rs + k * a_cs] (any layout, it is only broadcast); B holds pairs along
+     * K, (K2, N) uint32 with row stride ldb; C is f32, row stride ldc. */
+    void (*gemm_bf16)(int64_t M, int64_t N, int64_t K2, const uint32_t *A, int64_t a_rs,
+                      int64_t a_cs, const uint32_t *B, int64_t ldb, float *C, int64_t ldc,
+                      bool accumulate);
+    /* With gemm_bf16: dst (ceil(m / 2), ld) = pairs of rows (x[2k][c], x[2k + 1][c]) of x (m, n),
+     * row stride x_ld, whose f32 values are bf16 exactly; an odd m pairs its last row with 0. */
+    void (*pair_rows)(uint32_t *dst, int64_t ld, const float *x, int64_t x_ld, int64_t m,
+                      int64_t n);
+    /* With gemm_bf16: the operands of dV, dK and dQ from a tile's P (s) and dS (ds), (m, n) of
+     * row stride ld, rounded to bf16 (nearest even): pairs of rows of each into p2 and ds2
+     * (ceil(m / 2), ld), as pair_rows; ds row by row into ds16 (m, ld), an odd n padded with 0. */
+    void (*round_tile)(const float *s, const float *ds, int64_t m, int64_t n, int64_t ld,
+                       uint32_t *p2, uint32_t *ds2, uint16_t *ds16);
+    /* With gemm_bf16: a · b over n (f32 copies of bf16 values), rounded as gemm_bf16 rounds one
+     * element of C (odd term, then even term, of each pair). */
     float (*dot_pairs)(const float *a, const float *b, int64_t n);
     /* fa_load_row_f32 / fa_store_row_f32 (cpu.h), vectorised: the same values, rounded to
      * nearest even. */
@@ -159,7 +171,8 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
 
 /* Defines the kernel table `name` of one ISA file: its gemm and dot (and bf16 pair kernels or
  * NULL) plus the shared loops above, compiled with that file's flags. */
-#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn, gemm_bf16_fn, dot_pairs_fn, load_fn, store_fn)  \
+#define FA_BWD_KERNEL_TABLE(name, gemm_fn, dot_fn, gemm_bf16_fn, pair_rows_fn, round_tile_fn,     \
+                            dot_pairs_fn, load_fn, store_fn)                                     \
     static void name##_exp_affine(float *x, int64_t n, float a, float b) {                       \
         fa_bwd_exp_affine_loop(x, n, a, b);                                                      \
     }                                                                                            \
@@ -167,6 +180,14 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                        float a, const float *lse, const float *delta) {          \
         fa_bwd_probs_and_grads_loop(s, dp, m, n, ld, a, lse, delta);                             \
     }                                                                                            \
+    FA_BWD_KERNEL_TABLE_EXP(name, gemm_fn, name##_exp_affine, name##_probs_and_grads, dot_fn,     \
+                            gemm_bf16_fn, pair_rows_fn, round_tile_fn, dot_pairs_fn, load_fn,    \
+                            store_fn)
+
+/* The same with the file's own exp_affine and probs_and_grads (where the compiler does not
+ * vectorise the loops above: their selects need masks, which AVX2 lacks). */
+#define FA_BWD_KERNEL_TABLE_EXP(name, gemm_fn, exp_fn, probs_fn, dot_fn, gemm_bf16_fn,           \
+                                pair_rows_fn, round_tile_fn, dot_pairs_fn, load_fn, store_fn)    \
     static void name##_softcap(float *x, float *tc, int64_t n, float c) {                        \
         fa_bwd_softcap_loop(x, tc, n, c);                                                        \
     }                                                                                            \
@@ -174,9 +195,9 @@ static inline float fa_bwd_dot_fma(const float *a, const float *b, int64_t n) {
                                      uint32_t i, uint32_t g0, int64_t ng) {                      \
         fa_bwd_dropout_words_loop(w, seed, offset, bh, i, g0, ng);                               \
     }                                                                                            \
-    const fa_bwd_kernels name = {gemm_fn,        name##_exp_affine,    name##_probs_and_grads,    \
+    const fa_bwd_kernels name = {gemm_fn,        exp_fn,               probs_fn,                  \
                                  dot_fn,         name##_softcap,       name##_dropout_words,      \
-                                 gemm_bf16_fn,   dot_pairs_fn,         load_fn,                   \
-                                 store_fn}
+                                 gemm_bf16_fn,   pair_rows_fn,         round_tile_fn,             \
+                                 dot_pairs_fn,   load_fn,              store_fn}
 
 #endif /* FA_CPU_BWD_H */

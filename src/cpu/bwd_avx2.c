@@ -4,25 +4,28 @@
  *
  * gemm: the register block of bwd_avx512.c sized for 16 ymm registers: MR rows × NV vectors of
  * 8 columns (6 × 2 = 12 accumulators, 2 B vectors, 1 broadcast). Column tails use maskload /
- * maskstore, row tails recompute the last row and skip its stores.
+ * maskstore. A row tail of up to MR_TAIL rows takes a block of MR_TAIL rows (64 = 10·6 + 4: no
+ * wasted FMAs at the tile sizes bwd.c uses); a longer one recomputes its last row and skips its
+ * stores.
  */
 #include <immintrin.h>
 
 #include "cpu/bwd.h"
 #include "cpu/cpu.h"
 
-enum { MR = 6, NV_MAX = 2, W = 8 };
+enum { MR = 6, MR_TAIL = 4, NV_MAX = 2, W = 8 };
 
 static inline __attribute__((always_inline)) void
-gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs, int64_t a_cs,
-           const float *B, int64_t ldb, float *C, int64_t ldc, __m256i tail, bool accumulate) {
+gemm_block(const int nv, const int rows, int64_t mr, int64_t K, const float *A, int64_t a_rs,
+           int64_t a_cs, const float *B, int64_t ldb, float *C, int64_t ldc, __m256i tail,
+           bool accumulate) {
     const __m256i all = _mm256_set1_epi32(-1);
     __m256 acc[MR][NV_MAX];
     const float *a[MR];
     __m256i mask[NV_MAX];
     for (int v = 0; v < nv; ++v) mask[v] = v == nv - 1 ? tail : all;
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < rows; ++r) {
         a[r] = A + (r < mr ? r : mr - 1) * a_rs;
 #pragma GCC unroll 2
         for (int v = 0; v < nv; ++v)
@@ -34,14 +37,14 @@ gemm_block(const int nv, int64_t mr, int64_t K, const float *A, int64_t a_rs, in
 #pragma GCC unroll 2
         for (int v = 0; v < nv; ++v) b[v] = _mm256_maskload_ps(B + k * ldb + v * W, mask[v]);
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
+        for (int r = 0; r < rows; ++r) {
             __m256 x = _mm256_broadcast_ss(&a[r][k * a_cs]);
 #pragma GCC unroll 2
             for (int v = 0; v < nv; ++v) acc[r][v] = _mm256_fmadd_ps(x, b[v], acc[r][v]);
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < rows; ++r) {
         if (r >= mr) break;
 #pragma GCC unroll 2
         for (int v = 0; v < nv; ++v) _mm256_maskstore_ps(C + r * ldc + v * W, mask[v], acc[r][v]);
@@ -61,10 +64,68 @@ static void gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t a
             int64_t mr = M - m0 < MR ? M - m0 : MR;
             const float *a = A + m0 * a_rs;
             float *c = C + m0 * ldc + n0;
-            if (nv == 1)
-                gemm_block(1, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate);
+            const float *b = B + n0;
+            if (mr <= MR_TAIL && nv == 1)
+                gemm_block(1, MR_TAIL, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, tail, accumulate);
+            else if (mr <= MR_TAIL)
+                gemm_block(2, MR_TAIL, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, tail, accumulate);
+            else if (nv == 1)
+                gemm_block(1, MR, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, tail, accumulate);
             else
-                gemm_block(2, mr, K, a, a_rs, a_cs, B + n0, ldb, c, ldc, tail, accumulate);
+                gemm_block(2, MR, mr, K, a, a_rs, a_cs, b, ldb, c, ldc, tail, accumulate);
+        }
+    }
+}
+
+/* fa_bwd_expf (bwd.h) on 8 lanes: the same clamps, range reduction and polynomial (with FMAs);
+ * 0 below -87.3, NaN stays NaN. */
+static inline __m256 expf8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3f)); /* NaN -> lo */
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);      /* below lo: 0 */
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)); /* NaN: x */
+}
+
+/* Lanes [j, j + 8) ∩ [j, n) of a row. */
+static inline __m256i lanes_below(int64_t left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left > W ? W : (int)left),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static void exp_affine_avx2(float *x, int64_t n, float a, float b) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    for (int64_t j = 0; j < n; j += W) {
+        __m256i m = lanes_below(n - j);
+        __m256 v = _mm256_maskload_ps(x + j, m);
+        _mm256_maskstore_ps(x + j, m, expf8(_mm256_fmsub_ps(va, v, vb)));
+    }
+}
+
+static void probs_and_grads_avx2(float *s, float *dp, int64_t m, int64_t n, int64_t ld, float a,
+                                 const float *lse, const float *delta) {
+    const __m256 va = _mm256_set1_ps(a);
+    for (int64_t r = 0; r < m; ++r) {
+        float *p = s + r * ld, *g = dp + r * ld;
+        const __m256 vb = _mm256_set1_ps(lse[r]), vd = _mm256_set1_ps(delta[r]);
+        for (int64_t j = 0; j < n; j += W) {
+            __m256i mk = lanes_below(n - j);
+            __m256 pv = expf8(_mm256_fmsub_ps(va, _mm256_maskload_ps(p + j, mk), vb));
+            __m256 gv = _mm256_mul_ps(pv, _mm256_sub_ps(_mm256_maskload_ps(g + j, mk), vd));
+            _mm256_maskstore_ps(p + j, mk, pv);
+            _mm256_maskstore_ps(g + j, mk, gv);
         }
     }
 }
@@ -100,5 +161,5 @@ static void store_row_avx2(int32_t dtype, const float *src, void *dst, int64_t n
     for (; i < n; ++i) h[i] = fa_f32_to_f16(src[i]);
 }
 
-FA_BWD_KERNEL_TABLE(fa_bwd_kernels_avx2, gemm_avx2, dot_avx2, NULL, NULL, load_row_avx2,
-                    store_row_avx2);
+FA_BWD_KERNEL_TABLE_EXP(fa_bwd_kernels_avx2, gemm_avx2, exp_affine_avx2, probs_and_grads_avx2,
+                        dot_avx2, NULL, NULL, NULL, NULL, load_row_avx2, store_row_avx2);

@@ -19,17 +19,23 @@
 /* ---------------------------------------------------------------- workspace layout */
 typedef struct fa_item {
     int32_t b, hk, g0, ng; /* sequence, kv head, first q head of the group, q heads */
+    int32_t nk;            /* kv heads hk .. hk + nk - 1, one tile each (decode); else 1 */
     int64_t i0, nq;        /* q rows [i0, i0 + nq) */
     int64_t cost;          /* kv blocks visited, for longest-first ordering */
 } fa_item;
 
 /* An item's rows are processed as up to FA_SUB tiles of <= FA_MAX_M stacked rows (q heads x
- * q rows) that share each packed kv block; a tile skips the blocks it cannot see. */
+ * q rows) that share each packed kv block; a tile skips the blocks it cannot see. When one tile
+ * holds all the q rows of a kv head (decode), an item takes up to FA_SUB consecutive kv heads
+ * instead, one tile each, so that one thread reads neighbouring parts of each key row (key j of
+ * kv head hk lies at j · k_row + hk · k_head) rather than short runs a whole row apart, which
+ * the hardware prefetchers follow poorly (decode 1.2x faster on Zen 4). */
 #define FA_SUB 4
 
 typedef struct fa_layout {
     int64_t d_pad, dv_pad;
     int64_t ng_max, nq_max; /* rows of a tile: ng q heads x nq q rows <= FA_MAX_M */
+    int64_t nk_max;         /* kv heads per item */
     int64_t max_items, splits;
     size_t seqs_off, items_off, partial_off, scratch_off, scratch_bytes, total;
 } fa_layout;
@@ -87,10 +93,12 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     int64_t group = p->nheads / p->nheads_k;
     L.ng_max = group < FA_MAX_M ? group : FA_MAX_M;
     L.nq_max = FA_MAX_M / L.ng_max;
+    bool one_tile = group <= FA_MAX_M && p->max_seqlen_q <= L.nq_max;
+    L.nk_max = one_tile ? FA_SUB : 1;
     int64_t item_rows = L.nq_max * FA_SUB;
     int64_t row_blocks = p->varlen ? ceil_div(total_q, item_rows) + p->batch
                                    : p->batch * ceil_div(p->max_seqlen_q, item_rows);
-    L.max_items = row_blocks * p->nheads_k * ceil_div(group, L.ng_max);
+    L.max_items = row_blocks * ceil_div(p->nheads_k, L.nk_max) * ceil_div(group, L.ng_max);
     L.splits = choose_splits(p, threads, L.max_items);
     L.seqs_off = 0;
     L.items_off = align64((size_t)p->batch * sizeof(fa_seq));
@@ -172,13 +180,14 @@ static int64_t build_items(const fa_attn_plan *pl, const fa_layout *L, fa_item *
     int64_t group = p->nheads / p->nheads_k, n = 0;
     for (int64_t b = 0; b < p->batch; ++b) {
         const fa_seq *sq = &pl->seqs[b];
-        for (int64_t hk = 0; hk < p->nheads_k; ++hk)
+        for (int64_t hk = 0; hk < p->nheads_k; hk += L->nk_max)
             for (int64_t g0 = 0; g0 < group; g0 += L->ng_max)
                 for (int64_t i0 = 0; i0 < sq->s_q; i0 += L->nq_max * FA_SUB) {
                     int64_t nq = sq->s_q - i0 < L->nq_max * FA_SUB ? sq->s_q - i0 : L->nq_max * FA_SUB;
+                    int64_t nk = p->nheads_k - hk < L->nk_max ? p->nheads_k - hk : L->nk_max;
                     fa_item it = {(int32_t)b, (int32_t)hk, (int32_t)g0,
-                                  (int32_t)(group - g0 < L->ng_max ? group - g0 : L->ng_max), i0,
-                                  nq, 0};
+                                  (int32_t)(group - g0 < L->ng_max ? group - g0 : L->ng_max),
+                                  (int32_t)nk, i0, nq, 0};
                     int64_t lo, hi;
                     item_key_range(p, sq, &it, &lo, &hi);
                     it.cost = hi > lo ? ceil_div(hi, FA_BLOCK_N) - lo / FA_BLOCK_N : 0;
@@ -319,9 +328,11 @@ static void scores_mask(const fa_run *run, const fa_item *it, float *s, int64_t 
     for (int64_t r = 0; r < (int64_t)it->ng * it->nq; ++r) {
         int64_t i = it->i0 + r % it->nq;
         int64_t lo = key_lo(p, sq, i) - j0, hi = key_hi(p, sq, i) - j0;
+        /* clamped to the block as ints, so that the select below vectorises */
+        int l = lo < 0 ? 0 : lo > FA_BLOCK_N ? FA_BLOCK_N : (int)lo;
+        int h = hi < 0 ? 0 : hi > FA_BLOCK_N ? FA_BLOCK_N : (int)hi;
         float *row = s + r * FA_BLOCK_N;
-        for (int64_t j = 0; j < FA_BLOCK_N; ++j)
-            if (j < lo || j >= hi) row[j] = -INFINITY;
+        for (int j = 0; j < FA_BLOCK_N; ++j) row[j] = j < l || j >= h ? -INFINITY : row[j];
     }
 }
 
@@ -395,11 +406,15 @@ static void write_partial(const fa_run *run, const fa_tile *t, float *part) {
 static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
                       fa_tile tiles[FA_SUB]) {
     int n = 0;
-    for (int64_t i0 = it->i0; i0 < it->i0 + it->nq; i0 += run->L->nq_max, ++n) {
+    for (int64_t i0 = it->i0, k = 0; k < it->nk && i0 < it->i0 + it->nq; ++n) {
         fa_tile *t = &tiles[n];
         t->rows = *it;
+        t->rows.hk = it->hk + (int32_t)k;
+        t->rows.nk = 1;
         t->rows.i0 = i0;
         t->rows.nq = it->i0 + it->nq - i0 < run->L->nq_max ? it->i0 + it->nq - i0 : run->L->nq_max;
+        if (it->nk > 1) ++k; /* the next kv head, same rows */
+        else i0 += run->L->nq_max;
         t->qop = w->qop + n * FA_MAX_M * run->L->d_pad;
         t->acc = w->acc + n * FA_MAX_M * run->L->dv_pad;
         t->m = w->m + n * FA_MAX_M;
@@ -452,13 +467,17 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
         item_key_range(p, sq, &tiles[k].rows, &lo_t[k], &hi_t[k]);
         load_q(run, &tiles[k], w.qf);
     }
-    bool rowwise = run->kern->qk_rows && n_tiles == 1 && it->ng * it->nq <= FA_ROWWISE_M;
+    /* tiles of one or two rows: qk_rows (then every tile of the item has that many rows) */
+    bool rowwise = run->kern->qk_rows && (n_tiles == 1 || it->nk > 1) &&
+                   tiles[0].rows.ng * tiles[0].rows.nq <= FA_ROWWISE_M;
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
-        load_kv(run, it, &w, j0, rowwise);
+        if (it->nk == 1) load_kv(run, it, &w, j0, rowwise); /* shared by the tiles */
         for (int k = 0; k < n_tiles; ++k)
-            if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k])
+            if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
+                if (it->nk > 1) load_kv(run, &tiles[k].rows, &w, j0, rowwise); /* its kv head */
                 attend_block(run, &tiles[k], &w, j0, rowwise);
+            }
     }
     for (int k = 0; k < n_tiles; ++k) {
         if (splits > 1)
