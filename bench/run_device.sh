@@ -8,6 +8,9 @@
 # The machine's copy of the tree may have no .git: prefix the command with
 # FA_GIT_COMMIT=$(git rev-parse HEAD) (expanded here, before the call) so the JSON names the commit.
 #
+# BENCH_ARGS adds options to every suite, e.g. BENCH_ARGS=--sequential for the 16-core cpu suite
+# (torch's OpenMP threads spin after each call and slow whichever provider runs next in turns).
+#
 # No step names = every step (may not fit one 10-minute call). Each step has its own time limit
 # (STEP_TIMEOUT_<step>, seconds) so one slow step cannot take the others down; results written
 # so far are kept (the Python tool rewrites its JSON after each case). Everything lands in $OUT:
@@ -38,7 +41,7 @@ step_build() {
     $PY -m flash_attn >> "$WORK/machine.txt" 2>&1
 }
 step_cbench() { "$BUILD/bench/fa_bench" --threads all | tee "$WORK/fa_bench.txt"; }
-step_suite() { $PY -m flash_attn bench --suite "$1" --device "$2" --out "$WORK/$1" | tee "$WORK/$1.txt"; }
+step_suite() { $PY -m flash_attn bench --suite "$1" --device "$2" --out "$WORK/$1" ${BENCH_ARGS:-} | tee "$WORK/$1.txt"; }
 step_cpu() { step_suite cpu cpu; }
 step_fwd() { step_suite fwd cuda; }
 step_bwd() { step_suite bwd cuda; }
@@ -66,7 +69,7 @@ for s in "${STEPS[@]}"; do
     limit=${!var:-$limit}
     echo "=== step $s (limit ${limit}s) $(date -u +%H:%M:%S)"
     export -f "step_$s" step_suite 2>/dev/null
-    export BUILD PY WORK
+    export BUILD PY WORK BENCH_ARGS
     timeout "$limit" bash -c "step_$s" > >(tee "$WORK/step-$s.log") 2>&1 ||
         echo "step $s: exit $? (124 = time limit)" | tee -a "$WORK/step-$s.log"
 done
