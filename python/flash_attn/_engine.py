@@ -90,14 +90,6 @@ def cpu_num_threads():
     return int(env) if env else torch.get_num_threads()
 
 
-def _before_call(device):
-    if device.type == "cuda":
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return lambda ctx: ctx.set_stream(stream)
-    threads = cpu_num_threads()
-    return lambda ctx: ctx.set_num_threads(threads)
-
-
 _WORKSPACE_GRAIN = 2 << 20  # cpu workspaces grow in steps of 2 MiB
 
 
@@ -127,10 +119,11 @@ def release_workspaces():
 def _run(op, device, tensors, scalars, opts):
     ctx = context(device)
     if device.type == "cpu":
-        alloc = _cpu_workspace(ctx)
-    else:
+        ctx.run(op, tensors, scalars, opts, _cpu_workspace(ctx), num_threads=cpu_num_threads())
+    else:  # the current stream, read every call (CUDA-graph capture runs on a side stream)
+        stream = torch.cuda.current_stream(device).cuda_stream
         alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
-    ctx.run(op, tensors, scalars, opts, alloc, before=_before_call(device))
+        ctx.run(op, tensors, scalars, opts, alloc, stream=stream)
 
 
 def check_tensors(device, **tensors):
