@@ -22,6 +22,7 @@ from . import _lib
 _DEVICE_BACKENDS = {"cpu": _lib.BACKEND_CPU, "cuda": _lib.BACKEND_CUDA}
 
 _contexts = {}  # (backend, device index) -> _lib.Context, alive for the process
+_device_contexts = {}  # torch.device with an index (or cpu) -> its context, the per-call lookup
 _contexts_lock = threading.Lock()
 
 
@@ -63,6 +64,10 @@ def backend_for(device):
 
 def context(device):
     """The cached context for device, created and checked on first use."""
+    if not os.environ.get("FLASH_ATTENTION_BACKEND"):
+        ctx = _device_contexts.get(device)
+        if ctx is not None:
+            return ctx
     backend = backend_for(device)
     index = 0
     if device.type == "cuda":
@@ -81,6 +86,8 @@ def context(device):
                     )
                 ctx = _lib.Context(backend, index)
                 _contexts[key] = ctx
+    if device.type == "cpu" or device.index is not None:
+        _device_contexts[device] = ctx
     return ctx
 
 
@@ -129,16 +136,20 @@ def _run(op, device, tensors, scalars, opts):
 def check_tensors(device, **tensors):
     """Every given tensor must be a torch.Tensor on device (the library cannot tell devices apart)."""
     for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
-        if t.device != device:
-            raise _lib.InvalidArgumentError(
-                f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device"
-            )
-        if t.layout != torch.strided:
-            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
+        if t is not None and (type(t) is not torch.Tensor or t.device != device or t.layout != torch.strided):
+            _check_tensor(device, name, t)
+
+
+def _check_tensor(device, name, t):
+    """The slow path of check_tensors: says what is wrong with t."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
+    if t.device != device:
+        raise _lib.InvalidArgumentError(
+            f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device"
+        )
+    if t.layout != torch.strided:
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
 
 
 def expect_ndim(name, t, ndim, layout):
@@ -235,6 +246,7 @@ def fwd(
     softcap=0.0,
     return_softmax=False,
     rng_state=None,
+    placeholders=True,
 ):
     """Batched or varlen forward -> (out, softmax_lse, S_dmask, rng_state).
 
@@ -242,6 +254,8 @@ def fwd(
     Varlen:  q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged; lse (h, total_q).
     S_dmask: (b, h, round128(s_q), round128(s_k)) in q's dtype when return_softmax, else (0,):
              normalised probabilities, negated where dropout dropped them.
+    placeholders=False: S_dmask and rng_state are None where they carry nothing (no
+    return_softmax, no dropout), which saves two allocations on the direct eager path.
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     expect_ndim(
@@ -279,9 +293,11 @@ def fwd(
     lse = new_output(lse_shape, torch.float32, device)
     if return_softmax:
         s_dmask = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
-    else:
+    elif placeholders:
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
-    if rng_state is None:
+    else:
+        s_dmask = None
+    if rng_state is None and (placeholders or dropout_p > 0.0):
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
     opts = _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
     tensors = dict(
@@ -334,9 +350,11 @@ def bwd(
     softcap=0.0,
     deterministic=False,
     rng_state=None,
+    placeholders=True,
 ):
     """Writes dq, dk, dv in place (any strides, last one 1) and returns softmax_d in upstream's
-    rounded shape (the library fills the leading part, the padding is zero)."""
+    rounded shape (the library fills the leading part, the padding is zero); placeholders=False:
+    softmax_d has softmax_lse's shape (no padding, not zeroed first)."""
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     expect_ndim(
         "q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)"
@@ -361,8 +379,11 @@ def bwd(
             raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
-    softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
-    d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
+    if placeholders:
+        softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
+        d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
+    else:
+        softmax_d = d_view = new_output(softmax_lse.shape, torch.float32, device)
     opts = _options(
         q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic=deterministic
     )
