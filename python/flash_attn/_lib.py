@@ -437,8 +437,13 @@ class _Call:
             if t is not None:
                 pack_tensor(args, offsets[name], name, t)
         for name, value in scalars.items():
+            if not -(2**63) <= value < 2**63:
+                raise InvalidArgumentError(f"flash_attn: {name} must fit in int64 (got {value})")
             _I64.pack_into(args, offsets[name], value)
-        _OPTIONS.pack_into(self.opts, 0, *opts)
+        try:
+            _OPTIONS.pack_into(self.opts, 0, *opts)
+        except OverflowError:  # a float beyond float32: ctypes stores +-inf, and the library judges it
+            self.opts = FaOptions(*opts)
 
 
 # ---------------------------------------------------------------- contexts

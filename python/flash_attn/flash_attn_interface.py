@@ -20,7 +20,7 @@ from typing import Optional, Union
 import torch
 
 from . import _custom_ops, _engine, _lib
-from . import _extension as flash_attn_gpu
+from . import _extension as flash_attn_gpu  # noqa: F401 - upstream's module attribute
 from ._custom_ops import (  # noqa: F401 - upstream's module-level names, imported from here by clients
     _flash_attn_backward,
     _flash_attn_forward,
@@ -935,7 +935,7 @@ def flash_attn_with_kvcache(
     cache_batch_idx = maybe_contiguous(cache_batch_idx)
     block_table = maybe_contiguous(block_table)
     left, right = _window(window_size)
-    out, softmax_lse = flash_attn_gpu.fwd_kvcache(
+    out, softmax_lse = _engine.kvcache(
         q,
         k_cache,
         v_cache,
