@@ -32,7 +32,7 @@ POISON_OUTPUTS = False
 
 
 def new_output(shape, dtype, device):
-    t = torch.empty(shape, dtype=dtype, device=device)
+    t = torch.empty(size=shape, dtype=dtype, device=device)  # size=: half the argument parsing
     if POISON_OUTPUTS and t.is_floating_point():
         t.fill_(float("nan"))
     return t
@@ -207,20 +207,34 @@ def _rng_opts(rng_state, dropout_p):
 # ---------------------------------------------------------------- operations
 
 
-def _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p=0.0, rng_state=None, **extra):
+def _options(
+    q,
+    softmax_scale,
+    causal,
+    window_left,
+    window_right,
+    softcap,
+    dropout_p=0.0,
+    rng_state=None,
+    deterministic=False,
+    num_splits=0,
+    rotary_interleaved=True,
+):
     """fa_options of one call; softmax_scale None means 1/sqrt(q's head dim)."""
     seed, offset = _rng_opts(rng_state, dropout_p)
-    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
+    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale
     return _lib.make_options(
-        softmax_scale=scale,
-        causal=causal,
-        window_left=window_left,
-        window_right=window_right,
-        softcap=softcap,
-        dropout_p=dropout_p,
-        rng_seed=seed,
-        rng_offset=offset,
-        **extra,
+        scale,
+        causal,
+        window_left,
+        window_right,
+        softcap,
+        dropout_p,
+        seed,
+        offset,
+        deterministic,
+        num_splits,
+        rotary_interleaved,
     )
 
 
