@@ -309,7 +309,7 @@ def check(status, what=""):
 
 # ---------------------------------------------------------------- tensors and options
 
-# The args structs are written with struct.pack_into straight into one ctypes buffer per op and
+# The args structs are written with struct.pack_into straight into one buffer per op and
 # context (Context.run), so a call creates no ctypes objects. Formats are derived from the ctypes
 # mirrors' offsets, which _check_abi compares with the library's.
 _CODES = {ctypes.c_void_p: "Q", ctypes.c_int32: "i", ctypes.c_int64: "q", ctypes.c_uint64: "Q"}
@@ -344,10 +344,11 @@ _dtype_ids = {}  # dtype object -> fa_dtype, filled from DTYPES on first sight
 
 def pack_tensor(buffer, offset, name, t):
     """Writes tensor t as the fa_tensor at offset of buffer (which must hold zeros there if t is None)."""
-    ndim, dtype, ptr = t.dim(), _dtype_ids.get(t.dtype), t.data_ptr()
+    shape, dtype, ptr = t.shape, _dtype_ids.get(t.dtype), t.data_ptr()
+    ndim = len(shape)
     if dtype is None or not ptr or not 1 <= ndim <= MAX_DIMS:
         dtype, ptr = _checked(name, t)
-    _TENSOR[ndim].pack_into(buffer, offset, ptr, dtype, ndim, *t.shape, *t.stride())
+    _TENSOR[ndim].pack_into(buffer, offset, ptr, dtype, ndim, *shape, *t.stride())
 
 
 def _checked(name, t):
