@@ -331,7 +331,7 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
     ):
         # qkv (b, s, 3, h, d) -> out (b, s, h, d)
         softmax_scale = _scale(softmax_scale, qkv)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv.unbind(2)  # one call for three views (slicing thrice costs twice as much)
         out, lse, S_dmask, rng_state = _dense_forward(
             q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
@@ -375,7 +375,7 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
     ):
         # q (b, s_q, h, d), kv (b, s_k, 2, h_k, d) -> out (b, s_q, h, d)
         softmax_scale = _scale(softmax_scale, q)
-        k, v = kv[:, :, 0], kv[:, :, 1]
+        k, v = kv.unbind(2)
         out, lse, S_dmask, rng_state = _dense_forward(
             q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
@@ -465,7 +465,7 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
     ):
         # qkv (total, 3, h, d) -> out (total, h, d)
         softmax_scale = _scale(softmax_scale, qkv)
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        q, k, v = qkv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
             q,
             k,
@@ -529,7 +529,7 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
     ):
         # q (total_q, h, d), kv (total_k, 2, h_k, d) -> out (total_q, h, d)
         softmax_scale = _scale(softmax_scale, q)
-        k, v = kv[:, 0], kv[:, 1]
+        k, v = kv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
             q,
             k,
