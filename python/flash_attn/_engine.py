@@ -123,12 +123,25 @@ def release_workspaces():
             ctx.workspace = None
 
 
+# The raw cudaStream_t of a device's current stream, as torch's compiler reads it (a CUDA build
+# has it): torch.cuda.current_stream() builds a Stream object per call, several times the cost.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_stream(device):
+    """device's current stream, read every call (CUDA-graph capture runs on a side stream)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
 def _run(op, device, tensors, scalars, opts):
     ctx = context(device)
     if device.type == "cpu":
         ctx.run(op, tensors, scalars, opts, _cpu_workspace(ctx), num_threads=cpu_num_threads())
-    else:  # the current stream, read every call (CUDA-graph capture runs on a side stream)
-        stream = torch.cuda.current_stream(device).cuda_stream
+    else:
+        stream = _current_stream(device)
         alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
         ctx.run(op, tensors, scalars, opts, alloc, stream=stream)
 

@@ -190,3 +190,18 @@ def test_allocations_per_call(monkeypatch):
     counts.clear()
     flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlens)
     assert counts == {"empty": 2}
+
+
+def test_stream_passed_when_it_changes(monkeypatch):
+    """The cuda path reads the current stream every call; the library hears of it only on a change
+    (the context's stream is nobody else's to change). Checked on the cpu context, which ignores it."""
+    ctx = _engine.context(torch.device("cpu"))
+    calls = []
+    real = _lib._lib.fa_context_set_stream
+    monkeypatch.setattr(_lib._lib, "fa_context_set_stream", lambda h, s: calls.append(s) or real(h, s))
+    for stream in (0, 0, 0x1234, 0x1234, 0, None):
+        ctx.set_stream(stream)
+    assert calls == [0, 0x1234, 0, None]
+    seen = []
+    monkeypatch.setattr(_engine, "_raw_stream", lambda index: seen.append(index) or 0x5678)
+    assert _engine._current_stream(torch.device("cuda", 1)) == 0x5678 and seen == [1]
