@@ -75,6 +75,7 @@ def main():
     rand = lambda *shape: torch.randn(*shape, dtype=dtype, device=device)  # noqa: E731
     q, k, v = rand(b, s, h, d), rand(b, s, h, d), rand(b, s, h, d)
     qkv, kv = rand(b, s, 3, h, d), rand(b, s, 2, h, d)
+    q1, k1, v1 = q[0], k[0], v[0]  # varlen layout (total, h, d)
     cu = torch.tensor([0, s], dtype=torch.int32, device=device)
     k_cache, v_cache = rand(b, 16, h, d), rand(b, 16, h, d)
     seqlens = torch.tensor([8], dtype=torch.int32, device=device)
@@ -91,7 +92,7 @@ def main():
         ("flash_attn_func", lambda: flash_attn_func(q, k, v)),
         ("flash_attn_qkvpacked_func", lambda: flash_attn_qkvpacked_func(qkv)),
         ("flash_attn_kvpacked_func", lambda: flash_attn_kvpacked_func(q, kv)),
-        ("flash_attn_varlen_func", lambda: flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, s, s)),
+        ("flash_attn_varlen_func", lambda: flash_attn_varlen_func(q1, k1, v1, cu, cu, s, s)),
         ("flash_attn_with_kvcache", lambda: flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens)),
         ("  with new k/v", lambda: flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens)),
         ("flash_attn_func fwd+bwd", fwd_bwd),
