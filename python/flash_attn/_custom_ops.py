@@ -4,6 +4,10 @@ device, with fake implementations so torch.compile(fullgraph=True) traces throug
 Forward ops return (out, softmax_lse, S_dmask, rng_state); backward ops write dq, dk, dv in place
 and return softmax_d. Schemas and names are upstream's, so torch.ops.flash_attn.* callers and
 ring-attention libraries (which read `op._init_fn`) keep working.
+
+Eager calls on plain tensors skip the op dispatch (about 20 us a call): flash_attn_interface calls
+the *_eager functions below when eager(...) says nothing needs to see the ops. They run the same
+engine calls as the ops' implementations, minus the placeholder tensors the schemas require.
 """
 
 from typing import Optional, Tuple
@@ -20,6 +24,23 @@ def maybe_contiguous(x):
 
 def round_multiple(x, m):
     return (x + m - 1) // m * m
+
+
+def eager(*tensors):
+    """True when the ops may be bypassed: no torch.compile or jit tracing, no torch dispatch mode
+    (fake tensors, opcheck, FlopCounterMode, ...), no functorch transform, and plain tensors (not
+    FakeTensor or another subclass). Everything else goes through the registered ops."""
+    if (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not torch.Tensor:
+            return False
+    return True
 
 
 _ops = torch.library
@@ -39,6 +60,38 @@ def _flash_attn_forward(
     alibi_slopes: Optional[torch.Tensor],
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return forward_eager(
+        q,
+        k,
+        v,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        alibi_slopes,
+        return_softmax,
+        placeholders=True,
+    )
+
+
+def forward_eager(
+    q,
+    k,
+    v,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    return_softmax,
+    placeholders=False,
+):
+    """_flash_attn_forward's implementation; S_dmask and rng_state are None where they carry
+    nothing unless placeholders (see _engine.fwd)."""
     q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
     gems = _flaggems.maybe_forward(
         q,
@@ -54,6 +107,8 @@ def _flash_attn_forward(
         return_softmax,
     )
     if gems is not None:
+        if not placeholders:
+            return gems[0], gems[1], None, None
         return gems[0], gems[1], q.new_empty((0,)), torch.zeros(2, dtype=torch.int64)
     return _engine.fwd(
         q,
@@ -67,6 +122,7 @@ def _flash_attn_forward(
         window_right=window_size_right,
         softcap=softcap,
         return_softmax=return_softmax,
+        placeholders=placeholders,
     )
 
 
@@ -150,6 +206,49 @@ def _flash_attn_varlen_forward(
     return out, lse, p, rng_state
 
 
+def varlen_forward_eager(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    return_softmax,
+    block_table=None,
+):
+    """_flash_attn_varlen_forward (zero_tensors False, no leftpad_k / seqused_k) without the op
+    and its placeholder outputs."""
+    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
+    _engine.expect_ndim("cu_seqlens_q", cu_seqlens_q, 1, "(batch + 1,) int32")
+    return _engine.fwd(
+        q,
+        k,
+        v,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        block_table=block_table,
+        alibi_slopes=alibi_slopes,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        return_softmax=return_softmax,
+        placeholders=False,
+    )
+
+
 @_flash_attn_varlen_forward.register_fake
 def _flash_attn_varlen_forward_fake(
     q,
@@ -223,6 +322,27 @@ def _flash_attn_backward(
         None,
         rng_state,
     )[3]
+
+
+def backward_eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q=None, cu_seqlens_k=None, **kw):
+    """_flash_attn_backward / _flash_attn_varlen_backward without the op: dq, dk, dv given,
+    softmax_d not padded. kw: _engine.bwd's keyword arguments."""
+    dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
+    _engine.bwd(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        placeholders=False,
+        **kw,
+    )
 
 
 @_flash_attn_backward.register_fake

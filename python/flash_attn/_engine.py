@@ -22,6 +22,7 @@ from . import _lib
 _DEVICE_BACKENDS = {"cpu": _lib.BACKEND_CPU, "cuda": _lib.BACKEND_CUDA}
 
 _contexts = {}  # (backend, device index) -> _lib.Context, alive for the process
+_device_contexts = {}  # torch.device with an index (or cpu) -> its context, the per-call lookup
 _contexts_lock = threading.Lock()
 
 
@@ -31,7 +32,7 @@ POISON_OUTPUTS = False
 
 
 def new_output(shape, dtype, device):
-    t = torch.empty(shape, dtype=dtype, device=device)
+    t = torch.empty(size=shape, dtype=dtype, device=device)  # size=: half the argument parsing
     if POISON_OUTPUTS and t.is_floating_point():
         t.fill_(float("nan"))
     return t
@@ -63,6 +64,10 @@ def backend_for(device):
 
 def context(device):
     """The cached context for device, created and checked on first use."""
+    if not os.environ.get("FLASH_ATTENTION_BACKEND"):
+        ctx = _device_contexts.get(device)
+        if ctx is not None:
+            return ctx
     backend = backend_for(device)
     index = 0
     if device.type == "cuda":
@@ -81,6 +86,8 @@ def context(device):
                     )
                 ctx = _lib.Context(backend, index)
                 _contexts[key] = ctx
+    if device.type == "cpu" or device.index is not None:
+        _device_contexts[device] = ctx
     return ctx
 
 
@@ -88,14 +95,6 @@ def cpu_num_threads():
     """FLASHATTN_NUM_THREADS, else torch's intra-op thread count (a fair comparison with torch)."""
     env = os.environ.get("FLASHATTN_NUM_THREADS")
     return int(env) if env else torch.get_num_threads()
-
-
-def _before_call(device):
-    if device.type == "cuda":
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return lambda ctx: ctx.set_stream(stream)
-    threads = cpu_num_threads()
-    return lambda ctx: ctx.set_num_threads(threads)
 
 
 _WORKSPACE_GRAIN = 2 << 20  # cpu workspaces grow in steps of 2 MiB
@@ -124,28 +123,46 @@ def release_workspaces():
             ctx.workspace = None
 
 
+# The raw cudaStream_t of a device's current stream, as torch's compiler reads it (a CUDA build
+# has it): torch.cuda.current_stream() builds a Stream object per call, several times the cost.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_stream(device):
+    """device's current stream, read every call (CUDA-graph capture runs on a side stream)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
 def _run(op, device, tensors, scalars, opts):
     ctx = context(device)
     if device.type == "cpu":
-        alloc = _cpu_workspace(ctx)
+        ctx.run(op, tensors, scalars, opts, _cpu_workspace(ctx), num_threads=cpu_num_threads())
     else:
+        stream = _current_stream(device)
         alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
-    ctx.run(op, tensors, scalars, opts, alloc, before=_before_call(device))
+        ctx.run(op, tensors, scalars, opts, alloc, stream=stream)
 
 
 def check_tensors(device, **tensors):
     """Every given tensor must be a torch.Tensor on device (the library cannot tell devices apart)."""
     for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
-        if t.device != device:
-            raise _lib.InvalidArgumentError(
-                f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device"
-            )
-        if t.layout != torch.strided:
-            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
+        if t is not None and (type(t) is not torch.Tensor or t.device != device or t.layout != torch.strided):
+            _check_tensor(device, name, t)
+
+
+def _check_tensor(device, name, t):
+    """The slow path of check_tensors: says what is wrong with t."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"flash_attn: {name} must be a torch.Tensor (got {type(t).__name__})")
+    if t.device != device:
+        raise _lib.InvalidArgumentError(
+            f"flash_attn: {name} is on {t.device}, but q is on {device}; all tensors must be on one device"
+        )
+    if t.layout != torch.strided:
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a dense (strided) tensor")
 
 
 def expect_ndim(name, t, ndim, layout):
@@ -203,20 +220,34 @@ def _rng_opts(rng_state, dropout_p):
 # ---------------------------------------------------------------- operations
 
 
-def _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p=0.0, rng_state=None, **extra):
+def _options(
+    q,
+    softmax_scale,
+    causal,
+    window_left,
+    window_right,
+    softcap,
+    dropout_p=0.0,
+    rng_state=None,
+    deterministic=False,
+    num_splits=0,
+    rotary_interleaved=True,
+):
     """fa_options of one call; softmax_scale None means 1/sqrt(q's head dim)."""
     seed, offset = _rng_opts(rng_state, dropout_p)
-    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else float(softmax_scale)
+    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale
     return _lib.make_options(
-        softmax_scale=scale,
-        causal=causal,
-        window_left=window_left,
-        window_right=window_right,
-        softcap=softcap,
-        dropout_p=dropout_p,
-        rng_seed=seed,
-        rng_offset=offset,
-        **extra,
+        scale,
+        causal,
+        window_left,
+        window_right,
+        softcap,
+        dropout_p,
+        seed,
+        offset,
+        deterministic,
+        num_splits,
+        rotary_interleaved,
     )
 
 
@@ -242,6 +273,7 @@ def fwd(
     softcap=0.0,
     return_softmax=False,
     rng_state=None,
+    placeholders=True,
 ):
     """Batched or varlen forward -> (out, softmax_lse, S_dmask, rng_state).
 
@@ -249,6 +281,8 @@ def fwd(
     Varlen:  q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged; lse (h, total_q).
     S_dmask: (b, h, round128(s_q), round128(s_k)) in q's dtype when return_softmax, else (0,):
              normalised probabilities, negated where dropout dropped them.
+    placeholders=False: S_dmask and rng_state are None where they carry nothing (no
+    return_softmax, no dropout), which saves two allocations on the direct eager path.
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     expect_ndim(
@@ -286,9 +320,11 @@ def fwd(
     lse = new_output(lse_shape, torch.float32, device)
     if return_softmax:
         s_dmask = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
-    else:
+    elif placeholders:
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
-    if rng_state is None:
+    else:
+        s_dmask = None
+    if rng_state is None and (placeholders or dropout_p > 0.0):
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
     opts = _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
     tensors = dict(
@@ -341,9 +377,11 @@ def bwd(
     softcap=0.0,
     deterministic=False,
     rng_state=None,
+    placeholders=True,
 ):
     """Writes dq, dk, dv in place (any strides, last one 1) and returns softmax_d in upstream's
-    rounded shape (the library fills the leading part, the padding is zero)."""
+    rounded shape (the library fills the leading part, the padding is zero); placeholders=False:
+    softmax_d has softmax_lse's shape (no padding, not zeroed first)."""
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     expect_ndim(
         "q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)"
@@ -368,8 +406,11 @@ def bwd(
             raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
-    softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
-    d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
+    if placeholders:
+        softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
+        d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
+    else:
+        softmax_d = d_view = new_output(softmax_lse.shape, torch.float32, device)
     opts = _options(
         q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic=deterministic
     )

@@ -15,6 +15,7 @@ dtype whose str() is "torch.float16" etc.
 
 import ctypes
 import os
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -308,35 +309,76 @@ def check(status, what=""):
 
 # ---------------------------------------------------------------- tensors and options
 
+# The args structs are written with struct.pack_into straight into one buffer per op and
+# context (Context.run), so a call creates no ctypes objects. Formats are derived from the ctypes
+# mirrors' offsets, which _check_abi compares with the library's.
+_CODES = {ctypes.c_void_p: "Q", ctypes.c_int32: "i", ctypes.c_int64: "q", ctypes.c_uint64: "Q"}
+_CODES.update({ctypes.c_float: "f", ctypes.c_bool: "?"})
+
+
+def _packer(mirror):
+    """struct.Struct writing every scalar field of mirror in order, padding included."""
+    fmt, at = "=", 0
+    for name, ctype in mirror._fields_:
+        offset = getattr(mirror, name).offset
+        fmt += "x" * (offset - at) + _CODES[ctype]
+        at = offset + ctypes.sizeof(ctype)
+    return struct.Struct(fmt + "x" * (ctypes.sizeof(mirror) - at))
+
+
+_OPTIONS = _packer(FaOptions)
+
+
+def _tensor_packer(ndim):
+    """Writes one fa_tensor of ndim dims (data, dtype, ndim, shape..., stride...), zeros beyond ndim."""
+    pad = "x" * 8 * (MAX_DIMS - ndim)
+    packer = struct.Struct(f"=Qii{ndim}q{pad}{ndim}q{pad}")
+    assert packer.size == ctypes.sizeof(FaTensor) and FaTensor.stride.offset == 16 + 8 * MAX_DIMS
+    return packer
+
+
+_TENSOR = [_tensor_packer(n) for n in range(MAX_DIMS + 1)]  # by ndim
 _EMPTY = ctypes.c_char(0)  # stands in for the data of zero-element tensors (never dereferenced)
+_dtype_ids = {}  # dtype object -> fa_dtype, filled from DTYPES on first sight
 
 
-def to_fa_tensor(name, t):
-    """A torch tensor (or None for an absent optional) -> fa_tensor. Raises naming the argument."""
-    ft = FaTensor()
-    if t is None:
-        return ft
-    dtype = DTYPES.get(str(t.dtype))
-    if dtype is None:
-        raise InvalidArgumentError(f"flash_attn: {name} has dtype {t.dtype}, which is not supported")
+def pack_tensor(buffer, offset, name, t):
+    """Writes tensor t as the fa_tensor at offset of buffer (which must hold zeros there if t is None)."""
+    shape, dtype, ptr = t.shape, _dtype_ids.get(t.dtype), t.data_ptr()
+    ndim = len(shape)
+    if dtype is None or not ptr or not 1 <= ndim <= MAX_DIMS:
+        dtype, ptr = _checked(name, t)
+    _TENSOR[ndim].pack_into(buffer, offset, ptr, dtype, ndim, *shape, *t.stride())
+
+
+def _checked(name, t):
+    """(fa_dtype, data pointer) of a tensor off the common path: first sight of its dtype, a null
+    pointer (zero elements), or a rank the library cannot take."""
     ndim = t.dim()
     if not 1 <= ndim <= MAX_DIMS:
         raise InvalidArgumentError(
             f"flash_attn: {name} must have 1..{MAX_DIMS} dimensions (got {ndim}, shape {tuple(t.shape)})"
         )
+    dtype = DTYPES.get(str(t.dtype))
+    if dtype is None:
+        raise InvalidArgumentError(f"flash_attn: {name} has dtype {t.dtype}, which is not supported")
+    _dtype_ids[t.dtype] = dtype
     ptr = t.data_ptr()
     if ptr == 0 and t.numel() == 0:
         ptr = ctypes.addressof(_EMPTY)
-    ft.data = ptr
-    ft.dtype = dtype
-    ft.ndim = ndim
-    for i, (size, stride) in enumerate(zip(t.shape, t.stride())):
-        ft.shape[i] = size
-        ft.stride[i] = stride
+    return dtype, ptr
+
+
+def to_fa_tensor(name, t):
+    """A torch tensor (or None for an absent optional) -> a fresh fa_tensor."""
+    ft = FaTensor()
+    if t is not None:
+        pack_tensor(ft, 0, name, t)
     return ft
 
 
 _INT32_MAX = 2**31 - 1
+_U64 = 0xFFFFFFFFFFFFFFFF
 
 
 def make_options(
@@ -352,31 +394,57 @@ def make_options(
     num_splits=0,
     rotary_interleaved=True,
 ):
-    """fa_options; window bounds beyond int32 mean unbounded anyway, so they are clamped."""
-    o = lib().fa_options_default()
-    o.softmax_scale = float(softmax_scale)
-    o.causal = bool(causal)
-    o.window_left = -1 if window_left < 0 else min(int(window_left), _INT32_MAX)
-    o.window_right = -1 if window_right < 0 else min(int(window_right), _INT32_MAX)
-    o.softcap = float(softcap)
-    o.dropout_p = float(dropout_p)
-    o.rng_seed = int(rng_seed) & 0xFFFFFFFFFFFFFFFF
-    o.rng_offset = int(rng_offset) & 0xFFFFFFFFFFFFFFFF
-    o.deterministic = bool(deterministic)
-    if not -_INT32_MAX <= int(num_splits) <= _INT32_MAX:
+    """fa_options' field values in order (Context.run writes them); window bounds beyond int32
+    mean unbounded anyway, so they are clamped."""
+    num_splits = int(num_splits)
+    if not -_INT32_MAX <= num_splits <= _INT32_MAX:
         raise InvalidArgumentError(f"flash_attn: num_splits must fit in int32 (got {num_splits})")
-    o.num_splits = int(num_splits)
-    o.rotary_interleaved = bool(rotary_interleaved)
-    return o
+    return (
+        float(softmax_scale),
+        bool(causal),
+        -1 if window_left < 0 else min(int(window_left), _INT32_MAX),
+        -1 if window_right < 0 else min(int(window_right), _INT32_MAX),
+        float(softcap),
+        float(dropout_p),
+        int(rng_seed) & _U64,
+        int(rng_offset) & _U64,
+        bool(deterministic),
+        num_splits,
+        bool(rotary_interleaved),
+    )
 
 
-def _build_args(op, tensors, scalars):
-    struct = _OPS[op][0]()
-    for name, t in tensors.items():
-        setattr(struct, name, to_fa_tensor(name, t))
-    for name, value in scalars.items():
-        setattr(struct, name, int(value))
-    return struct
+_I64 = struct.Struct("=q")  # max_seqlen_q / max_seqlen_k
+
+
+class _Call:
+    """One op's reusable fa_*_args and fa_options buffers and its two library functions."""
+
+    def __init__(self, op):
+        mirror, ws_name, run_name = _OPS[op]
+        self.buffer = bytearray(ctypes.sizeof(mirror))  # packed into; zeroed by slice assignment
+        self.args = mirror.from_buffer(self.buffer)
+        self.zeros = bytes(len(self.buffer))
+        self.opts = FaOptions()
+        self.workspace_size = getattr(_lib, ws_name)
+        self.run = getattr(_lib, run_name)
+        self.offsets = {name: getattr(mirror, name).offset for name, _ in mirror._fields_}
+
+    def fill(self, tensors, scalars, opts):
+        """Zeroes the args, so no pointer of a previous call survives, then writes the given fields."""
+        args, offsets = self.buffer, self.offsets
+        args[:] = self.zeros
+        for name, t in tensors.items():
+            if t is not None:
+                pack_tensor(args, offsets[name], name, t)
+        for name, value in scalars.items():
+            if not -(2**63) <= value < 2**63:
+                raise InvalidArgumentError(f"flash_attn: {name} must fit in int64 (got {value})")
+            _I64.pack_into(args, offsets[name], value)
+        try:
+            _OPTIONS.pack_into(self.opts, 0, *opts)
+        except OverflowError:  # a float beyond float32: ctypes stores +-inf, and the library judges it
+            self.opts = FaOptions(*opts)
 
 
 # ---------------------------------------------------------------- contexts
@@ -384,7 +452,8 @@ def _build_args(op, tensors, scalars):
 
 class Context:
     """One fa_context (a backend on one device). Calls are serialised by a lock, because a
-    context owns one thread pool / stream and ctypes releases the GIL during calls."""
+    context owns one thread pool / stream and ctypes releases the GIL during calls; the lock also
+    guards the context's reusable args buffers."""
 
     def __init__(self, backend, device_index=0):
         handle = ctypes.c_void_p()
@@ -397,6 +466,9 @@ class Context:
         self.device_index = device_index
         self.lock = threading.Lock()
         self._num_threads = None
+        self._stream = None
+        self._calls = {op: _Call(op) for op in _OPS}
+        self._nbytes = ctypes.c_size_t(0)
         self.workspace = None  # the engine's reused cpu workspace (_engine._cpu_workspace)
 
     def set_num_threads(self, n):
@@ -408,22 +480,32 @@ class Context:
         return _lib.fa_context_num_threads(self.handle)
 
     def set_stream(self, stream):
-        check(_lib.fa_context_set_stream(self.handle, stream), "set_stream")
+        """Only the context itself changes its stream, so an unchanged handle needs no call."""
+        if stream != self._stream:
+            check(_lib.fa_context_set_stream(self.handle, stream), "set_stream")
+            self._stream = stream
 
-    def run(self, op, tensors, scalars, opts, alloc_workspace, before=None):
-        """Runs op ("fwd", "bwd" or "kvcache"). tensors: field -> tensor or None; scalars:
-        field -> int; alloc_workspace(nbytes) -> object with data_ptr() kept alive by the caller
-        for the duration of the call; before(context) runs under the lock (stream, threads)."""
-        args = _build_args(op, tensors, scalars)
-        _, ws_name, run_name = _OPS[op]
+    def run(self, op, tensors, scalars, opts, alloc_workspace, stream=None, num_threads=None):
+        """Runs op ("fwd", "bwd" or "kvcache"). tensors: field -> tensor or None (fields not
+        given are absent); scalars: field -> int; opts: make_options(...);
+        alloc_workspace(nbytes) -> object with data_ptr() kept alive by the caller for the
+        duration of the call; stream (cuda) / num_threads (cpu): set before the call."""
+        call = self._calls[op]
+        handle, nbytes = self.handle, self._nbytes
         with self.lock:
-            if before is not None:
-                before(self)
-            nbytes = ctypes.c_size_t(0)
-            check(getattr(_lib, ws_name)(self.handle, ctypes.byref(args), ctypes.byref(opts), ctypes.byref(nbytes)), op)
-            workspace = alloc_workspace(nbytes.value) if nbytes.value else None
-            ptr = workspace.data_ptr() if workspace is not None else None
-            check(getattr(_lib, run_name)(self.handle, ctypes.byref(args), ctypes.byref(opts), ptr, nbytes.value), op)
+            if stream is not None:
+                self.set_stream(stream)
+            if num_threads is not None:
+                self.set_num_threads(num_threads)
+            call.fill(tensors, scalars, opts)
+            status = call.workspace_size(handle, call.args, call.opts, nbytes)
+            if status:
+                check(status, op)
+            size = nbytes.value
+            workspace = alloc_workspace(size) if size else None
+            status = call.run(handle, call.args, call.opts, workspace.data_ptr() if size else None, size)
+            if status:
+                check(status, op)
         return workspace
 
 
