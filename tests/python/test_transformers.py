@@ -88,10 +88,10 @@ sdpa = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_im
                                                      dtype=torch.bfloat16).cuda().eval()
 sdpa.load_state_dict(fa2.state_dict())
 assert fa2.config._attn_implementation == "flash_attention_2"
-import flash_attn.flash_attn_interface as fi
-calls = []
-orig = fi.FlashAttnFunc.apply
-fi.FlashAttnFunc.apply = lambda *a: calls.append(1) or orig(*a)
+from flash_attn import _lib
+calls = []  # every library call passes Context.run (the inference fast path skips FlashAttnFunc)
+orig = _lib.Context.run
+_lib.Context.run = lambda self, op, *a, **kw: calls.append(op) or orig(self, op, *a, **kw)
 ids = torch.randint(0, 97, (2, 40), device="cuda")
 mask = torch.ones_like(ids)
 mask[1, :9] = 0
