@@ -27,31 +27,30 @@ typedef struct fa_item {
 /* An item's rows are processed as up to FA_SUB tiles of <= FA_MAX_M stacked rows (q heads x
  * q rows) that share each packed kv block; a tile skips the blocks it cannot see. When one tile
  * holds all the q rows of a kv head (decode), an item takes up to FA_MAX_KV consecutive kv heads
- * instead (every kv head where the rows and the stage fit), one tile each: per kv block it
- * copies the keys' whole rows (key j of kv head hk lies at j · k_row + hk · k_head; a dense
- * cache's block is one run of memory) into a stage and packs each head from there. One thread
- * reading short runs a row apart, one head at a time, got a third of its read bandwidth;
- * whole rows in one stream get about all of it (docs/cpu.md). */
+ * instead (every kv head where the rows fit and the block's K and V stay in L2), one tile each:
+ * per kv block it first reads the keys' rows across all its heads in memory order (key j of kv
+ * head hk lies at j · k_row + hk · k_head; a dense cache's block is one run of memory), which
+ * brings the block into the cache as one stream, and then packs each head from there. One
+ * thread reading short runs a row apart, one head at a time, got a third of its read bandwidth
+ * (docs/cpu.md). */
 #define FA_SUB 4
 #define FA_ITEM_ROWS (FA_SUB * FA_MAX_M) /* online-softmax rows of one item */
 #define FA_MAX_KV 64                      /* kv heads of one decode item */
-#define FA_STAGE_BYTES (512 << 10)        /* K + V of one block of a decode item: within L2 */
+#define FA_WARM_BYTES (512 << 10)         /* K + V of one block of a decode item: within L2 */
 
 typedef struct fa_layout {
     int64_t d_pad, dv_pad;
     int64_t ng_max, nq_max; /* rows of a tile: ng q heads x nq q rows <= FA_MAX_M */
     int64_t nk_max;         /* kv heads per item */
-    int64_t stage_floats;   /* decode items (nk_max > 1) stage one block's K and V rows */
     int64_t max_items, splits;
     size_t seqs_off, items_off, partial_off, scratch_off, scratch_bytes, total;
 } fa_layout;
 
 /* Per-thread scratch regions (floats): f32 Q rows of one tile, the kernel operands (Q of
- * FA_ITEM_ROWS rows, K and V panels), the score tile, FA_ITEM_ROWS rows of acc/m/l, one spare
- * row, and the decode stage. */
+ * FA_ITEM_ROWS rows, K and V panels), the score tile, FA_ITEM_ROWS rows of acc/m/l, and one
+ * spare row. */
 typedef struct fa_scratch {
     float *qf, *qop, *kp, *vp, *s, *acc, *m, *l, *row;
-    char *stage; /* decode: K then V rows of one kv block, [key][kv head of the item][d] */
 } fa_scratch;
 
 /* One tile of an item: its rows (as an item of its own) and its online-softmax state. */
@@ -71,7 +70,7 @@ static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
     const int64_t sizes[] = {FA_MAX_M * L->d_pad,    rows * L->d_pad, FA_BLOCK_N * L->d_pad,
                              FA_BLOCK_N * L->dv_pad, FA_MAX_M * FA_BLOCK_N,
                              rows * L->dv_pad,       rows,            rows,
-                             L->d_pad + L->dv_pad,   L->stage_floats};
+                             L->d_pad + L->dv_pad};
     size_t off = 0;
     for (size_t r = 0; r < sizeof sizes / sizeof sizes[0]; ++r) {
         if (regions) regions[r] = (float *)(base + off);
@@ -104,18 +103,16 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     L.nq_max = FA_MAX_M / L.ng_max;
     bool one_tile = group <= FA_MAX_M && p->max_seqlen_q <= L.nq_max;
     L.nk_max = 1;
-    if (one_tile) { /* decode: as many kv heads as the item's rows and the stage hold */
+    if (one_tile) { /* decode: as many kv heads as the item's rows and L2 hold */
         int64_t head_bytes = FA_BLOCK_N * (p->d + p->d_v) * (int64_t)fa_dtype_size(p->dtype);
         int64_t by_rows = FA_ITEM_ROWS / (group * (p->max_seqlen_q > 0 ? p->max_seqlen_q : 1));
-        int64_t by_stage = FA_STAGE_BYTES / head_bytes;
+        int64_t by_cache = FA_WARM_BYTES / head_bytes;
         L.nk_max = p->nheads_k < FA_MAX_KV ? p->nheads_k : FA_MAX_KV;
         L.nk_max = by_rows < L.nk_max ? by_rows : L.nk_max;
-        L.nk_max = by_stage < L.nk_max ? by_stage : L.nk_max;
+        L.nk_max = by_cache < L.nk_max ? by_cache : L.nk_max;
         if (L.nk_max < 1) L.nk_max = 1;
+        L.nk_max = ceil_div(p->nheads_k, ceil_div(p->nheads_k, L.nk_max)); /* even items */
     }
-    L.stage_floats = L.nk_max > 1 ? ceil_div(FA_BLOCK_N * L.nk_max * (p->d + p->d_v) *
-                                                 (int64_t)fa_dtype_size(p->dtype), 4)
-                                  : 0;
     int64_t item_rows = L.nq_max * FA_SUB;
     int64_t row_blocks = p->varlen ? ceil_div(total_q, item_rows) + p->batch
                                    : p->batch * ceil_div(p->max_seqlen_q, item_rows);
@@ -232,9 +229,9 @@ typedef struct fa_run {
 } fa_run;
 
 static fa_scratch scratch_of(const fa_run *run, int thread) {
-    float *r[10];
+    float *r[9];
     scratch_floats(run->L, r, run->scratch + (size_t)thread * run->L->scratch_bytes);
-    return (fa_scratch){r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], (char *)r[9]};
+    return (fa_scratch){r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]};
 }
 
 static int64_t head_of(const fa_run *run, const fa_item *it, int64_t r) {
@@ -296,70 +293,41 @@ static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
     run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
 }
 
-/* Copies n keys' rows from j0 of kv heads [hk, hk + nk) into stage [n][nk][d], one key row
- * after the other (one run of the row when the heads are adjacent). */
-static void stage_rows(const fa_run *run, const fa_seq *sq, const char *base, int64_t off,
-                       int64_t row_st, int64_t page_st, int64_t head_st, int64_t d,
-                       const fa_item *it, int64_t j0, int64_t n, char *stage) {
-    size_t bytes = (size_t)d * run->esize, row_bytes = bytes * (size_t)it->nk;
-    if (head_st != d) {
-        for (int64_t j = 0; j < n; ++j) {
-            const char *src = key_row(run, sq, base, off, row_st, page_st, it->hk * head_st, j0 + j);
-            for (int64_t k = 0; k < it->nk; ++k)
-                memcpy(stage + (size_t)(j * it->nk + k) * bytes,
-                       src + k * head_st * (int64_t)run->esize, bytes);
-        }
-        return;
-    }
-    /* heads adjacent: one copy per run of consecutive rows (a dense cache's whole block) */
-    const char *run_src = NULL;
-    size_t run_len = 0;
-    char *dst = stage;
+/* Reads one byte of every cache line of n keys' rows from j0 over kv heads [hk, hk + nk), in
+ * memory order: the lines arrive as one stream, and the packing of each head that follows finds
+ * them in the cache (volatile: the values are not used, the loads must stay). */
+static void warm_rows(const fa_run *run, const fa_seq *sq, const char *base, int64_t off,
+                          int64_t row_st, int64_t page_st, int64_t head_st, int64_t d,
+                          const fa_item *it, int64_t j0, int64_t n) {
+    int64_t bytes = ((it->nk - 1) * head_st + d) * (int64_t)run->esize;
     for (int64_t j = 0; j < n; ++j) {
-        const char *src = key_row(run, sq, base, off, row_st, page_st, it->hk * head_st, j0 + j);
-        if (run_src && src == run_src + run_len) {
-            run_len += row_bytes;
-            continue;
-        }
-        if (run_src) memcpy(dst, run_src, run_len);
-        dst += run_len;
-        run_src = src;
-        run_len = row_bytes;
+        const volatile uint8_t *src = (const volatile uint8_t *)key_row(
+            run, sq, base, off, row_st, page_st, it->hk * head_st, j0 + j);
+        for (int64_t c = 0; c < bytes; c += 64) (void)src[c];
+        (void)src[bytes - 1]; /* the last line, when the run does not start on a line */
     }
-    if (run_src) memcpy(dst, run_src, run_len);
 }
 
-/* Decode items: K and V of block j0 for all the item's kv heads into w->stage, so that memory
- * is read in whole rows (one stream) rather than one head's part of each row at a time. */
-static void stage_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0) {
+/* Decode items: K and V of block j0 for all the item's kv heads into the cache (whole rows). */
+static void warm_kv(const fa_run *run, const fa_item *it, int64_t j0) {
     const fa_attn_plan *pl = run->pl;
     const fa_seq *sq = &pl->seqs[it->b];
     int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
-    char *v_stage = w->stage + (size_t)(FA_BLOCK_N * it->nk * pl->p->d) * run->esize;
-    stage_rows(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, pl->k_head, pl->p->d, it, j0, n,
-               w->stage);
-    stage_rows(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, pl->v_head, pl->p->d_v, it, j0,
-               n, v_stage);
+    warm_rows(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, pl->k_head, pl->p->d, it, j0, n);
+    warm_rows(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, pl->v_head, pl->p->d_v, it, j0,
+              n);
 }
 
 /* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded);
- * rowwise: K as plain rows for qk_rows. staged >= 0: from w->stage (stage_kv of the item
- * whose kv head number `staged` this tile has, of nk heads). */
+ * rowwise: K as plain rows for qk_rows. */
 static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
-                    bool rowwise, int staged, int nk) {
+                    bool rowwise) {
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
     int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
     const void *k_rows[FA_BLOCK_N], *v_rows[FA_BLOCK_N];
-    size_t k_bytes = (size_t)p->d * run->esize, v_bytes = (size_t)p->d_v * run->esize;
-    const char *v_stage = w->stage + (size_t)(FA_BLOCK_N * nk) * k_bytes;
     for (int64_t j = 0; j < n; ++j) {
-        if (staged >= 0) {
-            k_rows[j] = w->stage + (size_t)(j * nk + staged) * k_bytes;
-            v_rows[j] = v_stage + (size_t)(j * nk + staged) * v_bytes;
-            continue;
-        }
         k_rows[j] = key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
         v_rows[j] = key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j);
     }
@@ -551,11 +519,11 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
                    tiles[0].rows.ng * tiles[0].rows.nq <= FA_ROWWISE_M;
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
-        if (it->nk == 1) load_kv(run, it, &w, j0, rowwise, -1, 1); /* shared by the tiles */
-        else stage_kv(run, it, &w, j0); /* whole rows of every kv head of the item */
+        if (it->nk == 1) load_kv(run, it, &w, j0, rowwise); /* shared by the tiles */
+        else warm_kv(run, it, j0); /* whole rows of every kv head of the item */
         for (int k = 0; k < n_tiles; ++k)
             if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
-                if (it->nk > 1) load_kv(run, &tiles[k].rows, &w, j0, rowwise, k, it->nk); /* its kv head */
+                if (it->nk > 1) load_kv(run, &tiles[k].rows, &w, j0, rowwise); /* its kv head */
                 attend_block(run, &tiles[k], &w, j0, rowwise);
             }
     }
