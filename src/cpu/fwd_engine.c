@@ -36,7 +36,7 @@ typedef struct fa_item {
 #define FA_SUB 4
 #define FA_ITEM_ROWS (FA_SUB * FA_MAX_M) /* online-softmax rows of one item */
 #define FA_MAX_KV 64                      /* kv heads of one decode item */
-#define FA_WARM_BYTES (512 << 10)         /* K + V of one block of a decode item: within L2 */
+#define FA_WARM_BYTES (512 << 10)         /* K (or V) of one block of a decode item: within L2 */
 
 typedef struct fa_layout {
     int64_t d_pad, dv_pad;
@@ -68,7 +68,7 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
     const int64_t rows = FA_ITEM_ROWS;
     const int64_t sizes[] = {FA_MAX_M * L->d_pad,    rows * L->d_pad, FA_BLOCK_N * L->d_pad,
-                             FA_BLOCK_N * L->dv_pad, FA_MAX_M * FA_BLOCK_N,
+                             FA_BLOCK_N * L->dv_pad, rows * FA_BLOCK_N,
                              rows * L->dv_pad,       rows,            rows,
                              L->d_pad + L->dv_pad};
     size_t off = 0;
@@ -104,7 +104,8 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     bool one_tile = group <= FA_MAX_M && p->max_seqlen_q <= L.nq_max;
     L.nk_max = 1;
     if (one_tile) { /* decode: as many kv heads as the item's rows and L2 hold */
-        int64_t head_bytes = FA_BLOCK_N * (p->d + p->d_v) * (int64_t)fa_dtype_size(p->dtype);
+        int64_t head_bytes = FA_BLOCK_N * (p->d > p->d_v ? p->d : p->d_v) *
+                             (int64_t)fa_dtype_size(p->dtype); /* K or V of one block */
         int64_t by_rows = FA_ITEM_ROWS / (group * (p->max_seqlen_q > 0 ? p->max_seqlen_q : 1));
         int64_t by_cache = FA_WARM_BYTES / head_bytes;
         L.nk_max = p->nheads_k < FA_MAX_KV ? p->nheads_k : FA_MAX_KV;
@@ -293,49 +294,43 @@ static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
     run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
 }
 
-/* Reads one byte of every cache line of n keys' rows from j0 over kv heads [hk, hk + nk), in
- * memory order: the lines arrive as one stream, and the packing of each head that follows finds
- * them in the cache (volatile: the values are not used, the loads must stay). */
-static void warm_rows(const fa_run *run, const fa_seq *sq, const char *base, int64_t off,
-                          int64_t row_st, int64_t page_st, int64_t head_st, int64_t d,
-                          const fa_item *it, int64_t j0, int64_t n) {
+/* Decode items: reads one byte of every cache line of block j0's rows of K (v = false) or V over
+ * the item's kv heads [hk, hk + nk), in memory order (a dense cache's block is one run): the
+ * lines arrive as one stream and the packing of each head that follows finds them in the cache
+ * (volatile: the values are not used, the loads must stay). */
+static void warm_block(const fa_run *run, const fa_item *it, int64_t j0, bool v) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_seq *sq = &pl->seqs[it->b];
+    int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
+    int64_t head_st = v ? pl->v_head : pl->k_head, d = v ? pl->p->d_v : pl->p->d;
     int64_t bytes = ((it->nk - 1) * head_st + d) * (int64_t)run->esize;
     for (int64_t j = 0; j < n; ++j) {
-        const volatile uint8_t *src = (const volatile uint8_t *)key_row(
-            run, sq, base, off, row_st, page_st, it->hk * head_st, j0 + j);
+        const volatile uint8_t *src = (const volatile uint8_t *)(
+            v ? key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * head_st, j0 + j)
+              : key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * head_st, j0 + j));
         for (int64_t c = 0; c < bytes; c += 64) (void)src[c];
         (void)src[bytes - 1]; /* the last line, when the run does not start on a line */
     }
 }
 
-/* Decode items: K and V of block j0 for all the item's kv heads into the cache (whole rows). */
-static void warm_kv(const fa_run *run, const fa_item *it, int64_t j0) {
-    const fa_attn_plan *pl = run->pl;
-    const fa_seq *sq = &pl->seqs[it->b];
-    int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
-    warm_rows(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, pl->k_head, pl->p->d, it, j0, n);
-    warm_rows(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, pl->v_head, pl->p->d_v, it, j0,
-              n);
-}
-
-/* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded);
- * rowwise: K as plain rows for qk_rows. */
-static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
-                    bool rowwise) {
+/* Rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) of K (v = false) or V packed into the kernel panel
+ * (zero padded): K as the QK operand, or as plain rows for qk_rows (rowwise); V as the PV one. */
+static void load_block(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
+                       bool rowwise, bool v) {
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
     int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
-    const void *k_rows[FA_BLOCK_N], *v_rows[FA_BLOCK_N];
-    for (int64_t j = 0; j < n; ++j) {
-        k_rows[j] = key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
-        v_rows[j] = key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j);
-    }
-    if (rowwise)
-        run->kern->pack_v(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
+    const void *rows[FA_BLOCK_N];
+    for (int64_t j = 0; j < n; ++j)
+        rows[j] = v ? key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j)
+                    : key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
+    if (v)
+        run->kern->pack_v(p->dtype, rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
+    else if (rowwise)
+        run->kern->pack_v(p->dtype, rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
     else
-        run->kern->pack_k(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
-    run->kern->pack_v(p->dtype, v_rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
+        run->kern->pack_k(p->dtype, rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
 }
 
 /* ---------------------------------------------------------------- score epilogues */
@@ -476,26 +471,50 @@ static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
     return n;
 }
 
-/* One kv block for one tile: S = Q Kᵀ, epilogue, online softmax, dropout, acc += P V. */
-static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *w, int64_t j0,
-                         bool rowwise) {
+/* One kv block for one tile, with K packed in w->kp: s[m][FA_BLOCK_N] = P after S = Q Kᵀ, the
+ * epilogue, the online softmax (which rescales acc) and dropout. */
+static void attend_scores(const fa_run *run, const fa_tile *t, const fa_scratch *w, float *s,
+                          int64_t j0, bool rowwise) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[t->rows.b];
     int m = t->rows.ng * (int)t->rows.nq;
     if (rowwise)
-        run->kern->qk_rows(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+        run->kern->qk_rows(t->qop, w->kp, m, (int)run->L->d_pad, s);
     else
-        run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+        run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, s);
     float c = p->scale * FA_LOG2E;
     if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f)) {
-        scores_full(run, &t->rows, w->s, j0);
+        scores_full(run, &t->rows, s, j0);
         c = 1.0f;
     } else if (block_needs_mask(p, sq, &t->rows, j0)) {
-        scores_mask(run, &t->rows, w->s, j0);
+        scores_mask(run, &t->rows, s, j0);
     }
-    run->kern->softmax(w->s, m, c, t->m, t->l, t->acc, (int)run->L->dv_pad);
-    if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, w->s, j0);
-    run->kern->pv(w->s, w->vp, m, (int)run->L->dv_pad, t->acc);
+    run->kern->softmax(s, m, c, t->m, t->l, t->acc, (int)run->L->dv_pad);
+    if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, s, j0);
+}
+
+static void attend_pv(const fa_run *run, const fa_tile *t, const fa_scratch *w, const float *s) {
+    run->kern->pv(s, w->vp, t->rows.ng * (int)t->rows.nq, (int)run->L->dv_pad, t->acc);
+}
+
+/* Decode item, one kv block over all its kv heads: K's rows warmed, each head's scores (P into
+ * its own rows of w->s), then V's rows warmed and each head's acc += P V. Only one of K and V
+ * needs to stay in the cache at a time. */
+static void attend_heads(const fa_run *run, const fa_item *it, const fa_tile *tiles, int n_tiles,
+                         const int64_t *lo_t, const int64_t *hi_t, const fa_scratch *w,
+                         int64_t j0, bool rowwise) {
+    warm_block(run, it, j0, false);
+    for (int k = 0; k < n_tiles; ++k)
+        if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
+            load_block(run, &tiles[k].rows, w, j0, rowwise, false);
+            attend_scores(run, &tiles[k], w, w->s + tiles[k].row0 * FA_BLOCK_N, j0, rowwise);
+        }
+    warm_block(run, it, j0, true);
+    for (int k = 0; k < n_tiles; ++k)
+        if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
+            load_block(run, &tiles[k].rows, w, j0, rowwise, true);
+            attend_pv(run, &tiles[k], w, w->s + tiles[k].row0 * FA_BLOCK_N);
+        }
 }
 
 static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
@@ -519,12 +538,16 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
                    tiles[0].rows.ng * tiles[0].rows.nq <= FA_ROWWISE_M;
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
-        if (it->nk == 1) load_kv(run, it, &w, j0, rowwise); /* shared by the tiles */
-        else warm_kv(run, it, j0); /* whole rows of every kv head of the item */
+        if (it->nk > 1) {
+            attend_heads(run, it, tiles, n_tiles, lo_t, hi_t, &w, j0, rowwise);
+            continue;
+        }
+        load_block(run, it, &w, j0, rowwise, false); /* shared by the tiles */
+        load_block(run, it, &w, j0, rowwise, true);
         for (int k = 0; k < n_tiles; ++k)
             if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
-                if (it->nk > 1) load_kv(run, &tiles[k].rows, &w, j0, rowwise); /* its kv head */
-                attend_block(run, &tiles[k], &w, j0, rowwise);
+                attend_scores(run, &tiles[k], &w, w.s, j0, rowwise);
+                attend_pv(run, &tiles[k], &w, w.s);
             }
     }
     for (int k = 0; k < n_tiles; ++k) {
