@@ -79,14 +79,16 @@ static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
     return off;
 }
 
-static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items) {
+/* nk_max: kv heads per item, each a tile that visits every kv block of the split. */
+static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items, int64_t nk_max) {
     int64_t kv_blocks = ceil_div(p->max_seqlen_k, FA_BLOCK_N);
     if (kv_blocks <= 1) return 1;
     int64_t n = p->opts.num_splits;
-    if (n == 0) { /* enough tasks for every thread twice over; >= 4 kv blocks per split */
+    if (n == 0) { /* enough tasks for every thread twice over; >= 4 (kv head, kv block) per split */
         if (threads <= 1 || max_items >= 2 * (int64_t)threads) return 1;
         n = ceil_div(2 * (int64_t)threads, max_items);
-        if (n > kv_blocks / 4) n = kv_blocks / 4;
+        int64_t min_blocks = nk_max >= 4 ? 1 : 4 / nk_max;
+        if (n > kv_blocks / min_blocks) n = kv_blocks / min_blocks;
     }
     if (n > kv_blocks) n = kv_blocks;
     if (n > 128) n = 128;
@@ -118,7 +120,7 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     int64_t row_blocks = p->varlen ? ceil_div(total_q, item_rows) + p->batch
                                    : p->batch * ceil_div(p->max_seqlen_q, item_rows);
     L.max_items = row_blocks * ceil_div(p->nheads_k, L.nk_max) * ceil_div(group, L.ng_max);
-    L.splits = choose_splits(p, threads, L.max_items);
+    L.splits = choose_splits(p, threads, L.max_items, L.nk_max);
     L.seqs_off = 0;
     L.items_off = align64((size_t)p->batch * sizeof(fa_seq));
     L.partial_off = L.items_off + align64((size_t)L.max_items * sizeof(fa_item));
