@@ -26,11 +26,17 @@ typedef struct fa_item {
 
 /* An item's rows are processed as up to FA_SUB tiles of <= FA_MAX_M stacked rows (q heads x
  * q rows) that share each packed kv block; a tile skips the blocks it cannot see. When one tile
- * holds all the q rows of a kv head (decode), an item takes up to FA_SUB consecutive kv heads
- * instead, one tile each, so that one thread reads neighbouring parts of each key row (key j of
- * kv head hk lies at j · k_row + hk · k_head) rather than short runs a whole row apart, which
- * the hardware prefetchers follow poorly (decode 1.2x faster on Zen 4). */
+ * holds all the q rows of a kv head (decode), an item takes up to FA_MAX_KV consecutive kv heads
+ * instead (every kv head where the rows fit and the block's K and V stay in L2), one tile each:
+ * per kv block it first reads the keys' rows across all its heads in memory order (key j of kv
+ * head hk lies at j · k_row + hk · k_head; a dense cache's block is one run of memory), which
+ * brings the block into the cache as one stream, and then packs each head from there. One
+ * thread reading short runs a row apart, one head at a time, got a third of its read bandwidth
+ * (docs/cpu.md). */
 #define FA_SUB 4
+#define FA_ITEM_ROWS (FA_SUB * FA_MAX_M) /* online-softmax rows of one item */
+#define FA_MAX_KV 64                      /* kv heads of one decode item */
+#define FA_WARM_BYTES (512 << 10)         /* K (or V) of one block of a decode item: within L2 */
 
 typedef struct fa_layout {
     int64_t d_pad, dv_pad;
@@ -41,7 +47,8 @@ typedef struct fa_layout {
 } fa_layout;
 
 /* Per-thread scratch regions (floats): f32 Q rows of one tile, the kernel operands (Q of
- * FA_SUB tiles, K and V panels), the score tile, FA_SUB tiles of acc/m/l, and one spare row. */
+ * FA_ITEM_ROWS rows, K and V panels), the score tile, FA_ITEM_ROWS rows of acc/m/l, and one
+ * spare row. */
 typedef struct fa_scratch {
     float *qf, *qop, *kp, *vp, *s, *acc, *m, *l, *row;
 } fa_scratch;
@@ -52,15 +59,16 @@ typedef struct fa_tile {
     float *qop; /* [m][d_pad] kernel operand */
     float *acc; /* [m][dv_pad] */
     float *m, *l;
+    int64_t row0; /* first of its rows among the item's (scratch and partials) */
 } fa_tile;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
-    const int64_t rows = FA_SUB * FA_MAX_M;
+    const int64_t rows = FA_ITEM_ROWS;
     const int64_t sizes[] = {FA_MAX_M * L->d_pad,    rows * L->d_pad, FA_BLOCK_N * L->d_pad,
-                             FA_BLOCK_N * L->dv_pad, FA_MAX_M * FA_BLOCK_N,
+                             FA_BLOCK_N * L->dv_pad, rows * FA_BLOCK_N,
                              rows * L->dv_pad,       rows,            rows,
                              L->d_pad + L->dv_pad};
     size_t off = 0;
@@ -71,14 +79,16 @@ static size_t scratch_floats(const fa_layout *L, float **regions, char *base) {
     return off;
 }
 
-static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items) {
+/* nk_max: kv heads per item, each a tile that visits every kv block of the split. */
+static int64_t choose_splits(const fa_problem *p, int threads, int64_t max_items, int64_t nk_max) {
     int64_t kv_blocks = ceil_div(p->max_seqlen_k, FA_BLOCK_N);
     if (kv_blocks <= 1) return 1;
     int64_t n = p->opts.num_splits;
-    if (n == 0) { /* enough tasks for every thread twice over; >= 4 kv blocks per split */
+    if (n == 0) { /* enough tasks for every thread twice over; >= 4 (kv head, kv block) per split */
         if (threads <= 1 || max_items >= 2 * (int64_t)threads) return 1;
         n = ceil_div(2 * (int64_t)threads, max_items);
-        if (n > kv_blocks / 4) n = kv_blocks / 4;
+        int64_t min_blocks = nk_max >= 4 ? 1 : 4 / nk_max;
+        if (n > kv_blocks / min_blocks) n = kv_blocks / min_blocks;
     }
     if (n > kv_blocks) n = kv_blocks;
     if (n > 128) n = 128;
@@ -94,17 +104,28 @@ static fa_layout make_layout(const fa_problem *p, const fa_fwd_kernels *kern, in
     L.ng_max = group < FA_MAX_M ? group : FA_MAX_M;
     L.nq_max = FA_MAX_M / L.ng_max;
     bool one_tile = group <= FA_MAX_M && p->max_seqlen_q <= L.nq_max;
-    L.nk_max = one_tile ? FA_SUB : 1;
+    L.nk_max = 1;
+    if (one_tile) { /* decode: as many kv heads as the item's rows and L2 hold */
+        int64_t head_bytes = FA_BLOCK_N * (p->d > p->d_v ? p->d : p->d_v) *
+                             (int64_t)fa_dtype_size(p->dtype); /* K or V of one block */
+        int64_t by_rows = FA_ITEM_ROWS / (group * (p->max_seqlen_q > 0 ? p->max_seqlen_q : 1));
+        int64_t by_cache = FA_WARM_BYTES / head_bytes;
+        L.nk_max = p->nheads_k < FA_MAX_KV ? p->nheads_k : FA_MAX_KV;
+        L.nk_max = by_rows < L.nk_max ? by_rows : L.nk_max;
+        L.nk_max = by_cache < L.nk_max ? by_cache : L.nk_max;
+        if (L.nk_max < 1) L.nk_max = 1;
+        L.nk_max = ceil_div(p->nheads_k, ceil_div(p->nheads_k, L.nk_max)); /* even items */
+    }
     int64_t item_rows = L.nq_max * FA_SUB;
     int64_t row_blocks = p->varlen ? ceil_div(total_q, item_rows) + p->batch
                                    : p->batch * ceil_div(p->max_seqlen_q, item_rows);
     L.max_items = row_blocks * ceil_div(p->nheads_k, L.nk_max) * ceil_div(group, L.ng_max);
-    L.splits = choose_splits(p, threads, L.max_items);
+    L.splits = choose_splits(p, threads, L.max_items, L.nk_max);
     L.seqs_off = 0;
     L.items_off = align64((size_t)p->batch * sizeof(fa_seq));
     L.partial_off = L.items_off + align64((size_t)L.max_items * sizeof(fa_item));
     size_t partial =
-        L.splits > 1 ? (size_t)(L.max_items * L.splits * FA_SUB * FA_MAX_M * (L.dv_pad + 1)) : 0;
+        L.splits > 1 ? (size_t)(L.max_items * L.splits * FA_ITEM_ROWS * (L.dv_pad + 1)) : 0;
     L.scratch_off = L.partial_off + align64(partial * sizeof(float));
     L.scratch_bytes = scratch_floats(&L, NULL, NULL);
     L.total = L.scratch_off + L.scratch_bytes * (size_t)threads + 64; /* + 64: base alignment */
@@ -275,24 +296,43 @@ static void load_q(const fa_run *run, const fa_tile *t, float *qf) {
     run->kern->prep_q(qf, (int)m, (int)d, (int)d_pad, t->qop);
 }
 
-/* K and V rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) packed into the kernel panels (zero padded);
- * rowwise: K as plain rows for qk_rows. */
-static void load_kv(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
-                    bool rowwise) {
+/* Decode items: reads one byte of every cache line of block j0's rows of K (v = false) or V over
+ * the item's kv heads [hk, hk + nk), in memory order (a dense cache's block is one run): the
+ * lines arrive as one stream and the packing of each head that follows finds them in the cache
+ * (volatile: the values are not used, the loads must stay). */
+static void warm_block(const fa_run *run, const fa_item *it, int64_t j0, bool v) {
+    const fa_attn_plan *pl = run->pl;
+    const fa_seq *sq = &pl->seqs[it->b];
+    int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
+    int64_t head_st = v ? pl->v_head : pl->k_head, d = v ? pl->p->d_v : pl->p->d;
+    int64_t bytes = ((it->nk - 1) * head_st + d) * (int64_t)run->esize;
+    for (int64_t j = 0; j < n; ++j) {
+        const volatile uint8_t *src = (const volatile uint8_t *)(
+            v ? key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * head_st, j0 + j)
+              : key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * head_st, j0 + j));
+        for (int64_t c = 0; c < bytes; c += 64) (void)src[c];
+        (void)src[bytes - 1]; /* the last line, when the run does not start on a line */
+    }
+}
+
+/* Rows [j0, j0 + FA_BLOCK_N) ∩ [0, s_k) of K (v = false) or V packed into the kernel panel
+ * (zero padded): K as the QK operand, or as plain rows for qk_rows (rowwise); V as the PV one. */
+static void load_block(const fa_run *run, const fa_item *it, const fa_scratch *w, int64_t j0,
+                       bool rowwise, bool v) {
     const fa_attn_plan *pl = run->pl;
     const fa_problem *p = pl->p;
     const fa_seq *sq = &pl->seqs[it->b];
     int64_t n = sq->s_k - j0 < FA_BLOCK_N ? sq->s_k - j0 : FA_BLOCK_N;
-    const void *k_rows[FA_BLOCK_N], *v_rows[FA_BLOCK_N];
-    for (int64_t j = 0; j < n; ++j) {
-        k_rows[j] = key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
-        v_rows[j] = key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j);
-    }
-    if (rowwise)
-        run->kern->pack_v(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
+    const void *rows[FA_BLOCK_N];
+    for (int64_t j = 0; j < n; ++j)
+        rows[j] = v ? key_row(run, sq, pl->v, sq->v_off, pl->v_row, pl->v_page, it->hk * pl->v_head, j0 + j)
+                    : key_row(run, sq, pl->k, sq->k_off, pl->k_row, pl->k_page, it->hk * pl->k_head, j0 + j);
+    if (v)
+        run->kern->pack_v(p->dtype, rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
+    else if (rowwise)
+        run->kern->pack_v(p->dtype, rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
     else
-        run->kern->pack_k(p->dtype, k_rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
-    run->kern->pack_v(p->dtype, v_rows, (int)n, (int)p->d_v, (int)run->L->dv_pad, w->vp);
+        run->kern->pack_k(p->dtype, rows, (int)n, (int)p->d, (int)run->L->d_pad, w->kp);
 }
 
 /* ---------------------------------------------------------------- score epilogues */
@@ -384,10 +424,11 @@ static void finish_rows(const fa_run *run, const fa_tile *t) {
     }
 }
 
-/* Partial of (item, split, tile): rows of [o (dv_pad) | lse2 (base 2, -inf when empty)]. */
-static float *partial_of(const fa_run *run, int64_t item, int64_t split, int64_t tile) {
+/* Partial of (item, split) from item row row0: rows of [o (dv_pad) | lse2 (base 2, -inf when
+ * empty)]. */
+static float *partial_of(const fa_run *run, int64_t item, int64_t split, int64_t row0) {
     size_t rec = (size_t)(run->L->dv_pad + 1);
-    return run->partials + ((size_t)((item * run->L->splits + split) * FA_SUB + tile) * FA_MAX_M) * rec;
+    return run->partials + ((size_t)(item * run->L->splits + split) * FA_ITEM_ROWS + (size_t)row0) * rec;
 }
 
 static void write_partial(const fa_run *run, const fa_tile *t, float *part) {
@@ -404,8 +445,9 @@ static void write_partial(const fa_run *run, const fa_tile *t, float *part) {
 /* Tiles of an item (rows [i0 + k * nq_max, ...)), with their state in the thread's scratch;
  * returns how many. */
 static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
-                      fa_tile tiles[FA_SUB]) {
+                      fa_tile tiles[FA_MAX_KV]) {
     int n = 0;
+    int64_t row0 = 0;
     for (int64_t i0 = it->i0, k = 0; k < it->nk && i0 < it->i0 + it->nq; ++n) {
         fa_tile *t = &tiles[n];
         t->rows = *it;
@@ -415,11 +457,13 @@ static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
         t->rows.nq = it->i0 + it->nq - i0 < run->L->nq_max ? it->i0 + it->nq - i0 : run->L->nq_max;
         if (it->nk > 1) ++k; /* the next kv head, same rows */
         else i0 += run->L->nq_max;
-        t->qop = w->qop + n * FA_MAX_M * run->L->d_pad;
-        t->acc = w->acc + n * FA_MAX_M * run->L->dv_pad;
-        t->m = w->m + n * FA_MAX_M;
-        t->l = w->l + n * FA_MAX_M;
         int64_t m = (int64_t)t->rows.ng * t->rows.nq;
+        t->row0 = row0;
+        t->qop = w->qop + row0 * run->L->d_pad;
+        t->acc = w->acc + row0 * run->L->dv_pad;
+        t->m = w->m + row0;
+        t->l = w->l + row0;
+        row0 += m; /* <= FA_ITEM_ROWS: FA_SUB tiles, or nk_max tiles of the layout's rows */
         for (int64_t r = 0; r < m; ++r) {
             t->m[r] = -INFINITY;
             t->l[r] = 0.0f;
@@ -429,26 +473,50 @@ static int make_tiles(const fa_run *run, const fa_item *it, const fa_scratch *w,
     return n;
 }
 
-/* One kv block for one tile: S = Q Kᵀ, epilogue, online softmax, dropout, acc += P V. */
-static void attend_block(const fa_run *run, const fa_tile *t, const fa_scratch *w, int64_t j0,
-                         bool rowwise) {
+/* One kv block for one tile, with K packed in w->kp: s[m][FA_BLOCK_N] = P after S = Q Kᵀ, the
+ * epilogue, the online softmax (which rescales acc) and dropout. */
+static void attend_scores(const fa_run *run, const fa_tile *t, const fa_scratch *w, float *s,
+                          int64_t j0, bool rowwise) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[t->rows.b];
     int m = t->rows.ng * (int)t->rows.nq;
     if (rowwise)
-        run->kern->qk_rows(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+        run->kern->qk_rows(t->qop, w->kp, m, (int)run->L->d_pad, s);
     else
-        run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, w->s);
+        run->kern->qk(t->qop, w->kp, m, (int)run->L->d_pad, s);
     float c = p->scale * FA_LOG2E;
     if (p->softcap > 0.0f || p->alibi != FA_ALIBI_NONE || !(p->scale > 0.0f)) {
-        scores_full(run, &t->rows, w->s, j0);
+        scores_full(run, &t->rows, s, j0);
         c = 1.0f;
     } else if (block_needs_mask(p, sq, &t->rows, j0)) {
-        scores_mask(run, &t->rows, w->s, j0);
+        scores_mask(run, &t->rows, s, j0);
     }
-    run->kern->softmax(w->s, m, c, t->m, t->l, t->acc, (int)run->L->dv_pad);
-    if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, w->s, j0);
-    run->kern->pv(w->s, w->vp, m, (int)run->L->dv_pad, t->acc);
+    run->kern->softmax(s, m, c, t->m, t->l, t->acc, (int)run->L->dv_pad);
+    if (p->dropout_p > 0.0f) apply_dropout(run, &t->rows, s, j0);
+}
+
+static void attend_pv(const fa_run *run, const fa_tile *t, const fa_scratch *w, const float *s) {
+    run->kern->pv(s, w->vp, t->rows.ng * (int)t->rows.nq, (int)run->L->dv_pad, t->acc);
+}
+
+/* Decode item, one kv block over all its kv heads: K's rows warmed, each head's scores (P into
+ * its own rows of w->s), then V's rows warmed and each head's acc += P V. Only one of K and V
+ * needs to stay in the cache at a time. */
+static void attend_heads(const fa_run *run, const fa_item *it, const fa_tile *tiles, int n_tiles,
+                         const int64_t *lo_t, const int64_t *hi_t, const fa_scratch *w,
+                         int64_t j0, bool rowwise) {
+    warm_block(run, it, j0, false);
+    for (int k = 0; k < n_tiles; ++k)
+        if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
+            load_block(run, &tiles[k].rows, w, j0, rowwise, false);
+            attend_scores(run, &tiles[k], w, w->s + tiles[k].row0 * FA_BLOCK_N, j0, rowwise);
+        }
+    warm_block(run, it, j0, true);
+    for (int k = 0; k < n_tiles; ++k)
+        if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
+            load_block(run, &tiles[k].rows, w, j0, rowwise, true);
+            attend_pv(run, &tiles[k], w, w->s + tiles[k].row0 * FA_BLOCK_N);
+        }
 }
 
 static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
@@ -456,9 +524,9 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
     const fa_problem *p = run->pl->p;
     const fa_seq *sq = &run->pl->seqs[it->b];
     fa_scratch w = scratch_of(run, thread);
-    fa_tile tiles[FA_SUB];
+    fa_tile tiles[FA_MAX_KV];
     int n_tiles = make_tiles(run, it, &w, tiles);
-    int64_t lo, hi, lo_t[FA_SUB], hi_t[FA_SUB];
+    int64_t lo, hi, lo_t[FA_MAX_KV], hi_t[FA_MAX_KV];
     item_key_range(p, sq, it, &lo, &hi);
     int64_t blk0 = lo / FA_BLOCK_N, nblk = hi > lo ? ceil_div(hi, FA_BLOCK_N) - blk0 : 0;
     int64_t splits = run->L->splits;
@@ -472,16 +540,21 @@ static void attend(const fa_run *run, int64_t item, int64_t split, int thread) {
                    tiles[0].rows.ng * tiles[0].rows.nq <= FA_ROWWISE_M;
     for (int64_t blk = first; blk < last; ++blk) {
         int64_t j0 = blk * FA_BLOCK_N;
-        if (it->nk == 1) load_kv(run, it, &w, j0, rowwise); /* shared by the tiles */
+        if (it->nk > 1) {
+            attend_heads(run, it, tiles, n_tiles, lo_t, hi_t, &w, j0, rowwise);
+            continue;
+        }
+        load_block(run, it, &w, j0, rowwise, false); /* shared by the tiles */
+        load_block(run, it, &w, j0, rowwise, true);
         for (int k = 0; k < n_tiles; ++k)
             if (j0 < hi_t[k] && j0 + FA_BLOCK_N > lo_t[k]) {
-                if (it->nk > 1) load_kv(run, &tiles[k].rows, &w, j0, rowwise); /* its kv head */
-                attend_block(run, &tiles[k], &w, j0, rowwise);
+                attend_scores(run, &tiles[k], &w, w.s, j0, rowwise);
+                attend_pv(run, &tiles[k], &w, w.s);
             }
     }
     for (int k = 0; k < n_tiles; ++k) {
         if (splits > 1)
-            write_partial(run, &tiles[k], partial_of(run, item, split, k));
+            write_partial(run, &tiles[k], partial_of(run, item, split, tiles[k].row0));
         else
             finish_rows(run, &tiles[k]);
     }
@@ -494,13 +567,13 @@ static void attend_task(void *arg, int64_t task, int thread) {
     if (run->kern->release) run->kern->release();
 }
 
-/* Merge row r of tile k over the splits by their LSE. */
-static void combine_row(const fa_run *run, int64_t item, const fa_tile *t, int k, int64_t r,
+/* Merge row r of tile t over the splits by their LSE. */
+static void combine_row(const fa_run *run, int64_t item, const fa_tile *t, int64_t r,
                         float *o) {
     int64_t dv_pad = run->L->dv_pad, rec = dv_pad + 1;
     float top = -INFINITY;
     for (int64_t s = 0; s < run->L->splits; ++s) {
-        float lse2 = partial_of(run, item, s, k)[r * rec + dv_pad];
+        float lse2 = partial_of(run, item, s, t->row0)[r * rec + dv_pad];
         top = lse2 > top ? lse2 : top;
     }
     memset(o, 0, (size_t)dv_pad * sizeof(float));
@@ -510,7 +583,7 @@ static void combine_row(const fa_run *run, int64_t item, const fa_tile *t, int k
     }
     float total = 0.0f;
     for (int64_t s = 0; s < run->L->splits; ++s) {
-        const float *part = partial_of(run, item, s, k) + r * rec;
+        const float *part = partial_of(run, item, s, t->row0) + r * rec;
         float weight = exp2f(part[dv_pad] - top);
         if (weight == 0.0f) continue;
         total += weight;
@@ -524,11 +597,11 @@ static void combine_row(const fa_run *run, int64_t item, const fa_tile *t, int k
 static void combine_task(void *arg, int64_t item, int thread) {
     const fa_run *run = arg;
     fa_scratch w = scratch_of(run, thread);
-    fa_tile tiles[FA_SUB];
+    fa_tile tiles[FA_MAX_KV];
     int n_tiles = make_tiles(run, &run->items[item], &w, tiles);
     for (int k = 0; k < n_tiles; ++k)
         for (int64_t r = 0; r < (int64_t)tiles[k].rows.ng * tiles[k].rows.nq; ++r)
-            combine_row(run, item, &tiles[k], k, r, w.row);
+            combine_row(run, item, &tiles[k], r, w.row);
 }
 
 /* ---------------------------------------------------------------- attn_probs (testing) */

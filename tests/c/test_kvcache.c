@@ -421,22 +421,28 @@ static void test_random_configs(void) {
 /* Decode against long caches of odd lengths: on cuda the split-KV kernel with many splits
  * (heuristic, and forced counts that leave splits empty), GQA tiles of 4 to 64 packed rows
  * (MQA: 2 tiles, s_q 4 x 16 heads: 4), causal with s_q > 1, windows, softcap, ALiBi, paged
- * with odd page sizes, d != d_v, d 256. */
+ * with odd page sizes, d != d_v, d 256. On cpu: items over many kv heads (MHA with more heads
+ * than one item takes; d 256 where the stage holds a few heads), padded strides (heads not
+ * adjacent), pages that break the runs of rows. */
 static void test_long_decode(void) {
     static const struct {
         int64_t s_q, h, h_k, d, d_v, s_cache;
         int page, splits, wl;
         bool causal;
         float softcap;
-        int alibi;
+        int alibi, pad;
     } cases[] = {
-        {1, 8, 2, 128, 128, 1601, 0, 0, -1, false, 0.f, 0},
-        {1, 32, 1, 64, 64, 1023, 16, 0, -1, false, 0.f, 0},
-        {4, 16, 1, 64, 64, 700, 0, 0, -1, true, 0.f, 0},
-        {2, 8, 2, 256, 256, 999, 0, 128, -1, true, 0.f, 0},
-        {1, 6, 2, 64, 128, 1100, 7, 5, -1, false, 0.f, 1},
-        {3, 4, 4, 96, 96, 901, 0, 0, 300, true, 30.f, 0},
-        {1, 8, 1, 32, 32, 2049, 1, 0, -1, false, 0.f, 2},
+        {1, 40, 40, 64, 64, 1500, 0, 0, -1, false, 0.f, 0, 0},
+        {2, 32, 16, 256, 256, 777, 5, 3, -1, true, 0.f, 0, 0},
+        {1, 12, 6, 48, 48, 1300, 0, 0, -1, false, 0.f, 0, 3},
+        {1, 16, 8, 64, 64, 1000, 3, 0, -1, false, 0.f, 1, 2},
+        {1, 8, 2, 128, 128, 1601, 0, 0, -1, false, 0.f, 0, 0},
+        {1, 32, 1, 64, 64, 1023, 16, 0, -1, false, 0.f, 0, 0},
+        {4, 16, 1, 64, 64, 700, 0, 0, -1, true, 0.f, 0, 0},
+        {2, 8, 2, 256, 256, 999, 0, 128, -1, true, 0.f, 0, 0},
+        {1, 6, 2, 64, 128, 1100, 7, 5, -1, false, 0.f, 1, 0},
+        {3, 4, 4, 96, 96, 901, 0, 0, 300, true, 30.f, 0, 0},
+        {1, 8, 1, 32, 32, 2049, 1, 0, -1, false, 0.f, 2, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i)
         for (int t = 1; t < 3; ++t) {
@@ -447,7 +453,7 @@ static void test_long_decode(void) {
             c.page_size = cases[i].page, c.num_splits = cases[i].splits;
             c.causal = cases[i].causal, c.wl = cases[i].wl;
             if (c.wl >= 0) c.wr = 0;
-            c.softcap = cases[i].softcap, c.alibi = cases[i].alibi;
+            c.softcap = cases[i].softcap, c.alibi = cases[i].alibi, c.pad = cases[i].pad;
             kv_check(&c);
         }
 }
