@@ -324,9 +324,78 @@ def _flash_attn_backward(
     )[3]
 
 
-def backward_eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q=None, cu_seqlens_k=None, **kw):
-    """_flash_attn_backward / _flash_attn_varlen_backward without the op: dq, dk, dv given,
-    softmax_d not padded. kw: _engine.bwd's keyword arguments."""
+def backward_eager(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    deterministic,
+    rng_state=None,
+):
+    """_flash_attn_backward without the op: dq, dk, dv given, softmax_d not padded."""
+    varlen_backward_eager(
+        dout,
+        q,
+        k,
+        v,
+        out,
+        softmax_lse,
+        dq,
+        dk,
+        dv,
+        None,
+        None,
+        0,
+        0,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size_left,
+        window_size_right,
+        softcap,
+        alibi_slopes,
+        deterministic,
+        rng_state,
+    )
+
+
+def varlen_backward_eager(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    softmax_lse,
+    dq,
+    dk,
+    dv,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p,
+    softmax_scale,
+    causal,
+    window_size_left,
+    window_size_right,
+    softcap,
+    alibi_slopes,
+    deterministic,
+    rng_state=None,
+):
+    """_flash_attn_varlen_backward without the op (same signature, cu_seqlens None: batched)."""
     dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
     _engine.bwd(
         dout,
@@ -340,8 +409,18 @@ def backward_eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q=Non
         dv,
         cu_seqlens_q=cu_seqlens_q,
         cu_seqlens_k=cu_seqlens_k,
+        alibi_slopes=alibi_slopes,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=causal,
+        window_left=window_size_left,
+        window_right=window_size_right,
+        softcap=softcap,
+        deterministic=deterministic,
+        rng_state=rng_state,
         placeholders=False,
-        **kw,
     )
 
 

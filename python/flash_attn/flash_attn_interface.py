@@ -97,21 +97,9 @@ def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, 
 
 
 def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
-    if _custom_ops.eager(q, k, v, alibi_slopes):
-        return _custom_ops.forward_eager(
-            q,
-            k,
-            v,
-            dropout_p,
-            softmax_scale,
-            causal,
-            window_size[0],
-            window_size[1],
-            softcap,
-            alibi_slopes,
-            return_softmax and dropout_p > 0,
-        )
-    return _wrapped_flash_attn_forward(
+    eager = _custom_ops.eager(q, k, v, alibi_slopes)
+    forward = _custom_ops.forward_eager if eager else _wrapped_flash_attn_forward
+    return forward(
         q,
         k,
         v,
@@ -129,29 +117,9 @@ def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softc
 def _dense_backward(ctx, dout, dq, dk, dv):
     """dq/dk/dv: buffers (possibly views of one packed buffer) written in place."""
     q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
-    if _custom_ops.eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.alibi_slopes):
-        _custom_ops.backward_eager(
-            dout,
-            q,
-            k,
-            v,
-            out,
-            softmax_lse,
-            dq,
-            dk,
-            dv,
-            alibi_slopes=ctx.alibi_slopes,
-            dropout_p=ctx.dropout_p,
-            softmax_scale=ctx.softmax_scale,
-            causal=ctx.causal,
-            window_left=ctx.window_size[0],
-            window_right=ctx.window_size[1],
-            softcap=ctx.softcap,
-            deterministic=ctx.deterministic,
-            rng_state=rng_state,
-        )
-        return
-    _wrapped_flash_attn_backward(
+    eager = _custom_ops.eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.alibi_slopes)
+    backward = _custom_ops.backward_eager if eager else _wrapped_flash_attn_backward
+    backward(
         dout,
         q,
         k,
@@ -190,26 +158,9 @@ def _varlen_forward(
     return_softmax,
     block_table=None,
 ):
-    if _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table):
-        return _custom_ops.varlen_forward_eager(
-            q,
-            k,
-            v,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            max_seqlen_q,
-            max_seqlen_k,
-            dropout_p,
-            softmax_scale,
-            causal,
-            window_size[0],
-            window_size[1],
-            softcap,
-            alibi_slopes,
-            return_softmax and dropout_p > 0,
-            block_table=block_table,
-        )
-    return _wrapped_flash_attn_varlen_forward(
+    eager = _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table)
+    forward = _custom_ops.varlen_forward_eager if eager else _wrapped_flash_attn_varlen_forward
+    return forward(
         q,
         k,
         v,
@@ -232,33 +183,10 @@ def _varlen_forward(
 def _varlen_backward(ctx, dout, dq, dk, dv):
     q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
     cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
-    if _custom_ops.eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.alibi_slopes):
-        _custom_ops.backward_eager(
-            dout,
-            q,
-            k,
-            v,
-            out,
-            softmax_lse,
-            dq,
-            dk,
-            dv,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            alibi_slopes=ctx.alibi_slopes,
-            max_seqlen_q=ctx.max_seqlen_q,
-            max_seqlen_k=ctx.max_seqlen_k,
-            dropout_p=ctx.dropout_p,
-            softmax_scale=ctx.softmax_scale,
-            causal=ctx.causal,
-            window_left=ctx.window_size[0],
-            window_right=ctx.window_size[1],
-            softcap=ctx.softcap,
-            deterministic=ctx.deterministic,
-            rng_state=rng_state,
-        )
-        return
-    _wrapped_flash_attn_varlen_backward(
+    tensors = (dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.alibi_slopes)
+    eager = _custom_ops.eager(*tensors)
+    backward = _custom_ops.varlen_backward_eager if eager else _wrapped_flash_attn_varlen_backward
+    backward(
         dout,
         q,
         k,
