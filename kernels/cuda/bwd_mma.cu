@@ -1,7 +1,7 @@
 /*
  * bwd_mma.cu — the sm_80+ tensor-core backward (FA2 structure, gpu_kernels.md §2).
  *
- *   fa_bwd_mma_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
+ *   fa_bwd_pre:      D_i = rowsum(dO_i * O_i), dq_accum zeroed (fa_bwd.cuh)
  *   fa_bwd_mma:      a CTA owns BN = 16 * FA_NWARPS keys of one kv head; warp w owns keys
  *                    [16 w, 16 w + 16). K_j, V_j stay in shared memory, dK_j, dV_j in f32
  *                    registers. The CTA walks the query blocks of BM rows that can see its keys,
@@ -14,19 +14,17 @@
  *                                         in the next iteration, after its barrier)
  *                    Q_i, dO_i (and lse_i, D_i) of the next block load by cp.async into a second
  *                    buffer while this one is computed.
- *   fa_bwd_mma_dq:   dq = dq_accum * scale in the output dtype and strides
+ *   fa_bwd_dq:       dq = dq_accum * scale (fa_bwd.cuh)
  *
- * dq_accum is f32 (total_q rows, h, FA_HD), row R = q_batch * seqlen_q + q_row0 + i. The atomics
- * make dq's last bits depend on the order CTAs finish: deterministic calls take bwd_simt.cu.
- * Dropout and softcap follow bwd_simt.cu's math: dV uses P * keep / (1 - p), dS = P (dP - D) with
- * dP = keep * dO.V / (1 - p), times softcap's derivative 1 - tanh^2.
+ * The atomics make dq's last bits depend on the order CTAs finish: deterministic calls take
+ * bwd_simt.cu.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32, <= 128),
  * FA_BM (query rows per block), FA_NWARPS, FA_DROPOUT (0/1). BN = 16 * FA_NWARPS must be 1, 2
  * or 4 times FA_BM. p.vec_io: 16-byte aligned rows of every tensor, d and d_v multiples of 8
  * (tiles by cp.async, outputs by pairs); otherwise element by element, same arithmetic.
  */
-#include "fa_mma.cuh"
+#include "fa_bwd.cuh"
 
 #define BN (16 * FA_NWARPS)
 #define NTHREADS (32 * FA_NWARPS)
@@ -43,17 +41,6 @@
 #error "FA_HD / (BN / FA_BM) must be a multiple of 16"
 #endif
 
-static __device__ __forceinline__ fa_i64 sd_offset(const fa_attn_params &p, const fa_seq &s, int i,
-                                                   int h) {
-    return s.q_batch * p.sd_batch_stride + (fa_i64)h * p.sd_head_stride + s.q_row0 + i;
-}
-
-/* Row i of head h in dq_accum: (total_q, h, FA_HD) f32. */
-static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, const fa_seq &s,
-                                                      int i, int h) {
-    return p.dq_accum + ((s.q_batch * p.seqlen_q + s.q_row0 + i) * p.nheads + h) * (fa_i64)FA_HD;
-}
-
 /* rows x width tile -> shared (row stride sstride); rows past n_rows and dims past dim are
  * zeros. tile: the first row in global memory, rs apart. */
 static __device__ __forceinline__ void load_tile(fa_u16 *dst, int sstride, const fa_u16 *tile,
@@ -65,46 +52,6 @@ static __device__ __forceinline__ void load_tile(fa_u16 *dst, int sstride, const
         const int n_valid = r < n_rows ? min(8, max(0, dim - col)) : 0;
         fa_copy8(dst + r * sstride + col, n_valid ? tile + r * rs + col : tile, n_valid, vec);
     }
-}
-
-/* One warp per row: D_i = rowsum(dO_i * O_i), and dq_accum row i of head h zeroed.
- * grid (ceil(max s_q / FA_NWARPS), h, b), block NTHREADS. */
-extern "C" __global__ void __launch_bounds__(NTHREADS)
-fa_bwd_mma_pre(const __grid_constant__ fa_attn_params p) {
-    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
-    const int i = blockIdx.x * FA_NWARPS + (threadIdx.x >> 5);
-    const fa_seq s = fa_seq_of(p, b);
-    if (i >= s.seqlen_q) return;
-    const fa_u16 *o = (const fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
-    const fa_u16 *d_o = (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, i, h, do);
-    float D = 0.f;
-    for (int c = lane; c < p.d_v; c += 32) D += fa_to_float(o[c]) * fa_to_float(d_o[c]);
-    D = fa_warp_sum(D);
-    if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
-    float *acc = dq_accum_row(p, s, i, h);
-#pragma unroll
-    for (int c = lane; c < FA_HD; c += 32) acc[c] = 0.f;
-}
-
-/* One warp per row: dq = dq_accum * scale. grid (ceil(max s_q / FA_NWARPS), h, b). */
-extern "C" __global__ void __launch_bounds__(NTHREADS)
-fa_bwd_mma_dq(const __grid_constant__ fa_attn_params p) {
-    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
-    const int i = blockIdx.x * FA_NWARPS + (threadIdx.x >> 5);
-    const fa_seq s = fa_seq_of(p, b);
-    if (i >= s.seqlen_q) return;
-    const float *acc = dq_accum_row(p, s, i, h);
-    fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
-    for (int c = lane; c < p.d; c += 32) dq[c] = fa_from_float(acc[c] * p.scale);
-}
-
-/* Is key tile [n0, n0 + BN) visible, whole, from every row of [m0, m_last]? Then no mask. */
-static __device__ __forceinline__ bool tile_full(const fa_attn_params &p, const fa_seq &s, int m0,
-                                                 int m_last, int n0) {
-    const int diag0 = s.seqlen_k - s.seqlen_q;
-    return n0 + BN <= s.seqlen_k &&
-           (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
-           (p.window_right < 0 || n0 + BN - 1 <= m0 + diag0 + p.window_right);
 }
 
 /* Query block it of the CTA's walk: its head (of the group) and first row. */
@@ -312,54 +259,9 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
         MMA_ABT(acc_s, sK + kw0 * SQ_STRIDE, SQ_STRIDE, sQ, SQ_STRIDE, FA_BM / 8, FA_HD / 16);
         MMA_ABT(acc_dp, sV + kw0 * SV_STRIDE, SV_STRIDE, sdO, SV_STRIDE, FA_BM / 8, FA_HDV / 16);
 
-        /* Element (key j, query i): acc_s -> P~ (dropped and rescaled), acc_dp -> dS. */
         const int m_last = min(w.m0 + FA_BM, s.seqlen_q) - 1;
-        const float slope = fa_alibi_slope(p, b, w.h);
-        const bool plain = p.softcap == 0.f && slope == 0.f;
-        const bool full = tile_full(p, s, w.m0, m_last, n0);
-        if (plain && full && !FA_DROPOUT) {
-#pragma unroll
-            for (int nt = 0; nt < FA_BM / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = nt * 8 + 2 * t + (e & 1);
-                    const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
-                    acc_s[nt][e] = pr;
-                    acc_dp[nt][e] = pr * (acc_dp[nt][e] - sD[r]);
-                }
-        } else {
-#pragma unroll
-            for (int nt = 0; nt < FA_BM / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = nt * 8 + 2 * t + (e & 1), i = w.m0 + r;
-                    const int j = n0 + kw0 + g + 8 * (e >> 1);
-                    const float qk = acc_s[nt][e];
-                    float pr = 0.f, ds = 0.f;
-                    if (full || fa_visible(p, s, i, j)) {
-                        pr = fa_exp2(plain ? fmaf(qk, p.scale_log2, -sL[r])
-                                           : fa_score(p, s, qk, slope, i, j) * FA_LOG2E - sL[r]);
-                        float dp = acc_dp[nt][e];
-#if FA_DROPOUT
-                        const fa_philox_u32x4 wd = fa_dropout_words(
-                            p.rng_seed, p.rng_offset, (fa_u32)(b * p.nheads + w.h), (fa_u32)i,
-                            (fa_u32)(j >> 2));
-                        const bool keep = wd.x[j & 3] >= p.dropout_threshold;
-                        dp = keep ? dp * p.dropout_scale : 0.f;
-                        ds = pr * (dp - sD[r]);
-                        pr = keep ? pr * p.dropout_scale : 0.f;
-#else
-                        ds = pr * (dp - sD[r]);
-#endif
-                        if (p.softcap > 0.f) { /* d/dz softcap * tanh(z / softcap) */
-                            const float th = fa_tanh(qk * p.scale / p.softcap);
-                            ds *= 1.f - th * th;
-                        }
-                    }
-                    acc_s[nt][e] = pr;
-                    acc_dp[nt][e] = ds;
-                }
-        }
+        bwd_p_ds(p, s, b, w.h, w.m0, n0 + kw0, bwd_tile_full(p, s, w.m0, m_last, n0, BN), acc_s,
+                 acc_dp, sL, sD);
 
         /* P~^T and dS^T as 16-bit A fragments; dS^T -> sdS (keys x queries) for dQ = dS K. */
         unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];

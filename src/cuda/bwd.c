@@ -86,22 +86,24 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
     memset(&l, 0, sizeof l);
     l.program = "bwd_mma.cu";
     fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
-    l.block = 32u * (unsigned)t.nwarps;
     l.grid[1] = (unsigned)p->nheads;
     l.grid[2] = (unsigned)p->batch;
-    l.kernel = "fa_bwd_mma_pre";
-    l.grid[0] = ceil_div(p->max_seqlen_q, t.nwarps);
+    l.kernel = "fa_bwd_pre"; /* fa_bwd.cuh: FA_BWD_AUX_WARPS rows per block */
+    l.block = 32u * 4u;
+    l.grid[0] = ceil_div(p->max_seqlen_q, 4);
     fa_status status = fa_cuda_launch(ctx, &l, params);
     if (status == FA_OK) {
         l.kernel = "fa_bwd_mma";
+        l.block = 32u * (unsigned)t.nwarps;
         l.grid[0] = ceil_div(p->max_seqlen_k, 16 * t.nwarps);
         l.grid[1] = (unsigned)p->nheads_k;
         l.smem = fa_bwd_mma_smem(hd, hdv, t);
         status = fa_cuda_launch(ctx, &l, params);
     }
     if (status == FA_OK) {
-        l.kernel = "fa_bwd_mma_dq";
-        l.grid[0] = ceil_div(p->max_seqlen_q, t.nwarps);
+        l.kernel = "fa_bwd_dq";
+        l.block = 32u * 4u;
+        l.grid[0] = ceil_div(p->max_seqlen_q, 4);
         l.grid[1] = (unsigned)p->nheads;
         l.smem = 0;
         status = fa_cuda_launch(ctx, &l, params);

@@ -1,0 +1,125 @@
+/*
+ * fa_bwd.cuh — what the tensor-core backwards share (bwd_mma.cu, and bwd_wgmma.cu on sm_90a):
+ *
+ *   fa_bwd_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
+ *   fa_bwd_dq:   dq = dq_accum * scale in the output dtype and strides
+ *   bwd_p_ds:    a transposed score tile (keys x queries, mma.sync C layout) -> P~^T and dS^T
+ *
+ * dq_accum is f32 (total_q rows, h, FA_HD), row R = q_batch * seqlen_q + q_row0 + i.
+ * Dropout and softcap follow bwd_simt.cu's math: dV uses P * keep / (1 - p), dS = P (dP - D)
+ * with dP = keep * dO.V / (1 - p), times softcap's derivative 1 - tanh^2.
+ */
+#ifndef FA_BWD_CUH
+#define FA_BWD_CUH
+
+#include "fa_mma.cuh"
+
+#define FA_BWD_AUX_WARPS 4 /* rows (one per warp) of a pre / dq block */
+
+static __device__ __forceinline__ fa_i64 sd_offset(const fa_attn_params &p, const fa_seq &s, int i,
+                                                   int h) {
+    return s.q_batch * p.sd_batch_stride + (fa_i64)h * p.sd_head_stride + s.q_row0 + i;
+}
+
+/* Row i of head h in dq_accum: (total_q, h, FA_HD) f32. */
+static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, const fa_seq &s,
+                                                      int i, int h) {
+    return p.dq_accum + ((s.q_batch * p.seqlen_q + s.q_row0 + i) * p.nheads + h) * (fa_i64)FA_HD;
+}
+
+/* One warp per row: D_i = rowsum(dO_i * O_i), and dq_accum row i of head h zeroed.
+ * grid (ceil(max s_q / FA_BWD_AUX_WARPS), h, b), block 32 * FA_BWD_AUX_WARPS. */
+extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
+fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
+    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * FA_BWD_AUX_WARPS + (threadIdx.x >> 5);
+    const fa_seq s = fa_seq_of(p, b);
+    if (i >= s.seqlen_q) return;
+    const fa_u16 *o = (const fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
+    const fa_u16 *d_o = (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, i, h, do);
+    float D = 0.f;
+    for (int c = lane; c < p.d_v; c += 32) D += fa_to_float(o[c]) * fa_to_float(d_o[c]);
+    D = fa_warp_sum(D);
+    if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
+    float *acc = dq_accum_row(p, s, i, h);
+#pragma unroll
+    for (int c = lane; c < FA_HD; c += 32) acc[c] = 0.f;
+}
+
+/* One warp per row: dq = dq_accum * scale. grid as fa_bwd_pre. */
+extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
+fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
+    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * FA_BWD_AUX_WARPS + (threadIdx.x >> 5);
+    const fa_seq s = fa_seq_of(p, b);
+    if (i >= s.seqlen_q) return;
+    const float *acc = dq_accum_row(p, s, i, h);
+    fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
+    for (int c = lane; c < p.d; c += 32) dq[c] = fa_from_float(acc[c] * p.scale);
+}
+
+/* Is key tile [n0, n0 + bn) visible, whole, from every row of [m0, m_last]? Then no mask. */
+static __device__ __forceinline__ bool bwd_tile_full(const fa_attn_params &p, const fa_seq &s,
+                                                     int m0, int m_last, int n0, int bn) {
+    const int diag0 = s.seqlen_k - s.seqlen_q;
+    return n0 + bn <= s.seqlen_k &&
+           (p.window_left < 0 || n0 >= m_last + diag0 - p.window_left) &&
+           (p.window_right < 0 || n0 + bn - 1 <= m0 + diag0 + p.window_right);
+}
+
+/* A warp's 16 keys x FA_BM queries (acc[nt][e]: key j0 + g + 8 (e >> 1), query m0 + nt * 8 +
+ * 2t + (e & 1)): acc_s = S^T -> P~^T (dropped and rescaled), acc_dp = dP^T -> dS^T. sL: lse *
+ * log2e per query of the block (+inf past the sequence), sD: D. full: no mask in the tile. */
+static __device__ __forceinline__ void bwd_p_ds(const fa_attn_params &p, const fa_seq &s, int b,
+                                                int h, int m0, int j0, bool full,
+                                                float (*acc_s)[4], float (*acc_dp)[4],
+                                                const float *sL, const float *sD) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float slope = fa_alibi_slope(p, b, h);
+    const bool plain = p.softcap == 0.f && slope == 0.f;
+    if (plain && full && !FA_DROPOUT) {
+#pragma unroll
+        for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = nt * 8 + 2 * t + (e & 1);
+                const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
+                acc_s[nt][e] = pr;
+                acc_dp[nt][e] = pr * (acc_dp[nt][e] - sD[r]);
+            }
+        return;
+    }
+#pragma unroll
+    for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = nt * 8 + 2 * t + (e & 1), i = m0 + r;
+            const int j = j0 + g + 8 * (e >> 1);
+            const float qk = acc_s[nt][e];
+            float pr = 0.f, ds = 0.f;
+            if (full || fa_visible(p, s, i, j)) {
+                pr = fa_exp2(plain ? fmaf(qk, p.scale_log2, -sL[r])
+                                   : fa_score(p, s, qk, slope, i, j) * FA_LOG2E - sL[r]);
+                float dp = acc_dp[nt][e];
+#if FA_DROPOUT
+                const fa_philox_u32x4 wd =
+                    fa_dropout_words(p.rng_seed, p.rng_offset, (fa_u32)(b * p.nheads + h),
+                                     (fa_u32)i, (fa_u32)(j >> 2));
+                const bool keep = wd.x[j & 3] >= p.dropout_threshold;
+                dp = keep ? dp * p.dropout_scale : 0.f;
+                ds = pr * (dp - sD[r]);
+                pr = keep ? pr * p.dropout_scale : 0.f;
+#else
+                ds = pr * (dp - sD[r]);
+#endif
+                if (p.softcap > 0.f) { /* d/dz softcap * tanh(z / softcap) */
+                    const float th = fa_tanh(qk * p.scale / p.softcap);
+                    ds *= 1.f - th * th;
+                }
+            }
+            acc_s[nt][e] = pr;
+            acc_dp[nt][e] = ds;
+        }
+}
+
+#endif /* FA_BWD_CUH */
