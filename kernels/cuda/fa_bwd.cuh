@@ -67,6 +67,39 @@ static __device__ __forceinline__ bool bwd_tile_full(const fa_attn_params &p, co
            (p.window_right < 0 || n0 + bn - 1 <= m0 + diag0 + p.window_right);
 }
 
+/* Whether a tile's scores are plain dot products (no softcap, ALiBi or dropout): then P^T and
+ * dS^T come from bwd_p_plain and bwd_ds_plain, else from bwd_p_ds. */
+static __device__ __forceinline__ bool bwd_plain(const fa_attn_params &p, float slope) {
+    return p.softcap == 0.f && slope == 0.f && !FA_DROPOUT;
+}
+
+/* Plain path, first half: acc_s = S^T -> P^T, masked unless full (it needs only S, so it can
+ * run while dP^T is still being computed). Layout, sL and full as bwd_p_ds. */
+static __device__ __forceinline__ void bwd_p_plain(const fa_attn_params &p, const fa_seq &s,
+                                                   int m0, int j0, bool full, float (*acc_s)[4],
+                                                   const float *sL) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = nt * 8 + 2 * t + (e & 1);
+            const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
+            acc_s[nt][e] = full || fa_visible(p, s, m0 + r, j0 + g + 8 * (e >> 1)) ? pr : 0.f;
+        }
+}
+
+/* Plain path, second half: acc_dp = dP^T -> dS^T = P^T (dP^T - D). */
+static __device__ __forceinline__ void bwd_ds_plain(const float (*acc_s)[4], float (*acc_dp)[4],
+                                                   const float *sD) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int nt = 0; nt < FA_BM / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            acc_dp[nt][e] = acc_s[nt][e] * (acc_dp[nt][e] - sD[nt * 8 + 2 * t + (e & 1)]);
+}
+
 /* A warp's 16 keys x FA_BM queries (acc[nt][e]: key j0 + g + 8 (e >> 1), query m0 + nt * 8 +
  * 2t + (e & 1)): acc_s = S^T -> P~^T (dropped and rescaled), acc_dp = dP^T -> dS^T. sL: lse *
  * log2e per query of the block (+inf past the sequence), sD: D. full: no mask in the tile. */
@@ -77,16 +110,9 @@ static __device__ __forceinline__ void bwd_p_ds(const fa_attn_params &p, const f
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float slope = fa_alibi_slope(p, b, h);
     const bool plain = p.softcap == 0.f && slope == 0.f;
-    if (plain && full && !FA_DROPOUT) {
-#pragma unroll
-        for (int nt = 0; nt < FA_BM / 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int r = nt * 8 + 2 * t + (e & 1);
-                const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
-                acc_s[nt][e] = pr;
-                acc_dp[nt][e] = pr * (acc_dp[nt][e] - sD[r]);
-            }
+    if (bwd_plain(p, slope)) {
+        bwd_p_plain(p, s, m0, j0, full, acc_s, sL);
+        bwd_ds_plain(acc_s, acc_dp, sD);
         return;
     }
 #pragma unroll

@@ -9,7 +9,7 @@
  * mask, softmax and output code is fa_fwd_tile.cuh's with FA_MT = 1.
  *
  * Q, K, V go global -> shared by cp.async (every thread, 16 bytes each) straight into the
- * 128-byte-swizzled K-major layout wgmma reads; K and V rotate through FA_STAGES stages, so
+ * 128-byte-swizzled layout of fa_wgmma.cuh; K and V rotate through FA_STAGES stages, so
  * FA_STAGES - 1 tiles are in flight while one is computed. One barrier per tile: it publishes
  * the tile and tells that every warp is done with the previous one, whose stage is then
  * refilled. wgmma reads shared memory through the async proxy: each thread fences its finished
@@ -25,119 +25,21 @@
 #endif
 #define FA_MT 1
 #define FA_HDV FA_HD
-#include "fa_fwd_tile.cuh"
-#include "fa_mma.cuh"
-
 #define BM (64 * FA_NWG)
 #define NTHREADS (128 * FA_NWG)
-#define CH (FA_HD / 8)        /* 16-byte chunks per row */
-#define RSTEP (NTHREADS / CH) /* rows one pass of the CTA's threads covers (a multiple of 8) */
-#define TILE_BYTES(rows) ((rows) * FA_HD * 2)
+#include "fa_fwd_tile.cuh"
+#include "fa_wgmma.cuh"
 
-#if FA_DTYPE == 2
-#define FA_WG_TYPE ".f32.bf16.bf16"
-#else
-#define FA_WG_TYPE ".f32.f16.f16"
-#endif
-#define FA_WG_R8(d, i)                                                                             \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
-        "+f"(d[i + 6]), "+f"(d[i + 7])
-/* The accumulator operands of an m64n64 (32 registers) and an m64n128 (64) wgmma. */
-#define FA_WG_ACC32(d) FA_WG_R8(d, 0), FA_WG_R8(d, 8), FA_WG_R8(d, 16), FA_WG_R8(d, 24)
-#define FA_WG_ACC64(d)                                                                             \
-    FA_WG_ACC32(d), FA_WG_R8(d, 32), FA_WG_R8(d, 40), FA_WG_R8(d, 48), FA_WG_R8(d, 56)
-#define FA_WG_REGS32 \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, " \
-    "%30, %31"
-#define FA_WG_REGS64 \
-    FA_WG_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, " \
-    "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, " \
-    "%60, %61, %62, %63"
-
-/* D (m64nN f32 fragment, N / 2 registers) (+)= A B. ss: A and B from shared memory (descriptors
- * da, db, both K-major); rs: A from registers a[4], B from shared memory MN-major (transposed).
- * accumulate = 0 ignores D's old value. Only the shapes of this variant are defined. */
-#define FA_WG_SETP(n) "{\n.reg .pred p;\nsetp.ne.b32 p, %" #n ", 0;\nwgmma.mma_async.sync.aligned."
 #if FA_BN == 64
-static __device__ __forceinline__ void wg_ss(float *d, unsigned long long da, unsigned long long db,
-                                             int accumulate) {
-    asm volatile(FA_WG_SETP(34) "m64n64k16" FA_WG_TYPE " {" FA_WG_REGS32
-                 "}, %32, %33, p, 1, 1, 0, 0;\n}"
-                 : FA_WG_ACC32(d)
-                 : "l"(da), "l"(db), "r"(accumulate));
-}
+#define wg_ss wg_ss64 /* S = Q K^T: m64 x FA_BN */
 #else
-static __device__ __forceinline__ void wg_ss(float *d, unsigned long long da, unsigned long long db,
-                                             int accumulate) {
-    asm volatile(FA_WG_SETP(66) "m64n128k16" FA_WG_TYPE " {" FA_WG_REGS64
-                 "}, %64, %65, p, 1, 1, 0, 0;\n}"
-                 : FA_WG_ACC64(d)
-                 : "l"(da), "l"(db), "r"(accumulate));
-}
+#define wg_ss wg_ss128
 #endif
 #if FA_HD == 64
-static __device__ __forceinline__ void wg_rs(float *d, const unsigned *a, unsigned long long db,
-                                             int accumulate) {
-    asm volatile(FA_WG_SETP(37) "m64n64k16" FA_WG_TYPE " {" FA_WG_REGS32
-                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}"
-                 : FA_WG_ACC32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
+#define wg_rs wg_rs64 /* O += P V: m64 x FA_HD */
 #else
-static __device__ __forceinline__ void wg_rs(float *d, const unsigned *a, unsigned long long db,
-                                             int accumulate) {
-    asm volatile(FA_WG_SETP(69) "m64n128k16" FA_WG_TYPE " {" FA_WG_REGS64
-                 "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}"
-                 : FA_WG_ACC64(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
+#define wg_rs wg_rs128
 #endif
-
-static __device__ __forceinline__ void wg_fence(void) {
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-}
-
-static __device__ __forceinline__ void wg_commit_wait(void) {
-    asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;" ::: "memory");
-}
-
-/* Pins n accumulators at this point: the compiler may not move their reads or writes across
- * (wgmma writes them behind its back until the wait). */
-static __device__ __forceinline__ void wg_keep(float *d, int n) {
-#pragma unroll
-    for (int i = 0; i < n; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-/* Shared-memory matrix descriptor, 128-byte swizzle: start address, leading byte offset (the
- * stride between 64-element atoms of an MN-major operand; unused K-major), stride byte offset
- * 1024 (8 rows of 128 bytes). */
-static __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsigned lbo) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) |
-           (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
-           (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
-}
-
-/* Byte offset of 16-byte chunk c of row r in a (rows, FA_HD) tile in wgmma's 128-byte-swizzled
- * K-major layout: 64-column atoms of rows x 128 bytes one after the other; in an atom, row r
- * takes 128 bytes at r * 128 and its chunk c % 8 sits in slot (c % 8) ^ (r % 8). */
-static __device__ __forceinline__ unsigned swz(int rows, int r, int c) {
-    return (unsigned)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-}
-
-/* A (rows, FA_HD) tile -> shared at sdst. Thread x moves chunk x % CH of rows x / CH + i RSTEP,
- * reading from src (its first row and chunk; rows rs elements apart); pass i is zero-filled
- * unless i RSTEP < lim (lim < 0: the chunk lies past d). */
-static __device__ __forceinline__ void load_tile(unsigned sdst, int rows, const fa_u16 *src,
-                                                 fa_i64 rs, int lim, const void *base) {
-    const unsigned d0 = sdst + swz(rows, threadIdx.x / CH, threadIdx.x % CH);
-#pragma unroll
-    for (int i = 0; i < rows / RSTEP; ++i) {
-        const bool valid = i * RSTEP < lim;
-        fa_cp_async16(d0 + i * RSTEP * 128, valid ? (const void *)src : base, valid);
-        src += RSTEP * rs;
-    }
-}
 
 /* Waits until at most FA_STAGES - 2 commit groups of this thread are in flight. */
 static __device__ __forceinline__ void cp_async_wait_stages(void) {

@@ -5,6 +5,7 @@
  * over 128, deterministic) takes the SIMT kernels (bwd_simt.cu): softmax_d, then dK/dV with one
  * writer per key and dQ with one writer per row — no atomics, no workspace, bit-reproducible.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_backend.h"
@@ -78,14 +79,33 @@ static bool vector_io(const fa_problem *p, const fa_bwd_args *a) {
     return ok;
 }
 
-/* bwd_mma.cu: softmax_d and zeroed dq_accum, dK/dV (+ dq_accum), dq. Context current. */
+/* The sm_90a wgmma kernel (bwd_wgmma.cu) takes compute capability 9.0 with d = d_v rounding to
+ * 64 or 128 and 16-byte aligned rows. FLASHATTN_CUDA_BWD_WGMMA=0 turns it off (tuning
+ * experiments only). */
+static bool use_wgmma(const fa_cuda_state *st, const fa_problem *p, const fa_attn_params *params) {
+    const int hd = fa_round_hd(p->d);
+    const char *env = getenv("FLASHATTN_CUDA_BWD_WGMMA");
+    return st->cc == 90 && p->d == p->d_v && (hd == 64 || hd == 128) && params->vec_io &&
+           (int)fa_bwd_wgmma_smem(hd) <= st->smem_optin && !(env && strcmp(env, "0") == 0);
+}
+
+/* softmax_d and zeroed dq_accum, dK/dV (+ dq_accum) by bwd_wgmma.cu or bwd_mma.cu, dq.
+ * Context current. */
 static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
     const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
-    const fa_bwd_tiles t = fa_bwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);
+    const fa_cuda_state *st = fa_cuda_state_of(ctx);
+    const bool wgmma = use_wgmma(st, p, params);
+    const fa_bwd_tiles t = fa_bwd_mma_tiles(hd, hdv, st->smem_optin);
     fa_launch l;
     memset(&l, 0, sizeof l);
-    l.program = "bwd_mma.cu";
-    fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
+    l.program = wgmma ? "bwd_wgmma.cu" : "bwd_mma.cu";
+    if (wgmma) {
+        const bool plain = p->softcap == 0.f && !params->alibi && p->dropout_p == 0.f;
+        fa_bwd_wgmma_defines(l.defines, sizeof l.defines, p->dtype, hd,
+                             plain ? 0 : p->dropout_p > 0.f ? 2 : 1);
+    }
+    else
+        fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
     l.grid[1] = (unsigned)p->nheads;
     l.grid[2] = (unsigned)p->batch;
     l.kernel = "fa_bwd_pre"; /* fa_bwd.cuh: FA_BWD_AUX_WARPS rows per block */
@@ -93,11 +113,11 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
     l.grid[0] = ceil_div(p->max_seqlen_q, 4);
     fa_status status = fa_cuda_launch(ctx, &l, params);
     if (status == FA_OK) {
-        l.kernel = "fa_bwd_mma";
-        l.block = 32u * (unsigned)t.nwarps;
-        l.grid[0] = ceil_div(p->max_seqlen_k, 16 * t.nwarps);
+        l.kernel = wgmma ? "fa_bwd_wgmma" : "fa_bwd_mma";
+        l.block = wgmma ? 256u : 32u * (unsigned)t.nwarps;
+        l.grid[0] = ceil_div(p->max_seqlen_k, wgmma ? 128 : 16 * t.nwarps);
         l.grid[1] = (unsigned)p->nheads_k;
-        l.smem = fa_bwd_mma_smem(hd, hdv, t);
+        l.smem = wgmma ? fa_bwd_wgmma_smem(hd) : fa_bwd_mma_smem(hd, hdv, t);
         status = fa_cuda_launch(ctx, &l, params);
     }
     if (status == FA_OK) {

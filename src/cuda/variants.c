@@ -198,9 +198,34 @@ void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
              "-DFA_DROPOUT=%d", dtype, hd, hdv, t.bm, t.nwarps, dropout ? 1 : 0);
 }
 
-/* f16/bf16 x head dims 32..128 x dropout, with the tiles the runtime picks on that smem. */
+/* bwd_wgmma.cu: FA3's tiles (gpu_kernels.md §2): 128 x 128 at d 64, 64 x 128 at d 128. */
+int fa_bwd_wgmma_bm(int hd) { return hd == 64 ? 128 : 64; }
+
+/* K, V (128 rows), Q and dO (2 x bm rows), dS (128 x bm), 16-bit; lse, D (2 x bm) f32; 1024
+ * bytes of alignment. */
+unsigned fa_bwd_wgmma_smem(int hd) {
+    const int bm = fa_bwd_wgmma_bm(hd);
+    return (unsigned)(2 * (2 * 128 * hd + 4 * bm * hd + 128 * bm) + 4 * 4 * bm + 1024);
+}
+
+/* scores: 0 plain (no softcap, ALiBi or dropout), 1 general, 2 general with dropout. */
+void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd, int scores) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BM=%d -DFA_PLAIN=%d -DFA_DROPOUT=%d",
+             dtype, hd, fa_bwd_wgmma_bm(hd), scores == 0, scores == 2);
+}
+
+/* f16/bf16 x head dims 32..128 x dropout, with the tiles the runtime picks on that smem; on
+ * sm_90a also the wgmma kernels at head dims 64 and 128. */
 fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count) {
     char defines[256];
+    if (strcmp(arch, "sm_90a") == 0)
+        for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
+            for (int hd = 64; hd <= 128; hd += 64)
+                for (int scores = 0; scores <= 2; ++scores) {
+                    fa_bwd_wgmma_defines(defines, sizeof defines, dtype, hd, scores);
+                    FA_FORWARD_IF(fa_jit_precompile_one("bwd_wgmma.cu", defines, arch, true));
+                    ++*count;
+                }
     for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
         for (int hd = 32; hd <= 128; hd += 32)
             for (int dropout = 0; dropout <= 1; ++dropout) {

@@ -251,6 +251,26 @@ static void test_isa_grid(void) {
         }
 }
 
+/* f16/bf16 with d = d_v (the tensor-core backwards' main path on a GPU: sm_90a wgmma at d
+ * rounding to 64 or 128) over several key tiles and query blocks, with GQA, masks and dropout. */
+static void test_long_tiles(void) {
+    const int64_t dims[4] = {64, 128, 40, 104};
+    for (int i = 0; i < 4; ++i)
+        for (int t = 1; t < 3; ++t) {
+            cfg c = cfg_basic(k_dtypes[t], 2, 333, 300, 2, i < 2 ? 1 : 2, dims[i], dims[i]);
+            c.causal = t == 2;
+            case_check_bwd(&c);
+            if (test_quick() && i > 1) continue;
+            c = cfg_basic(k_dtypes[t], 1, 261, 397, 2, 2, dims[i], dims[i]);
+            c.causal = i != 1;
+            c.wl = i == 2 ? 140 : -1;
+            c.dropout = i == 3 ? 0.15f : 0;
+            c.softcap = i == 0 ? 30.0f : 0;
+            c.varlen = i == 1;
+            case_check_bwd(&c);
+        }
+}
+
 int main(int argc, char **argv) {
     static const test_case tests[] = {
         {"seqlens", test_seqlens},
@@ -264,6 +284,7 @@ int main(int argc, char **argv) {
         {"threads_agree", test_threads_agree},
         {"random_configs", test_random_configs},
         {"isa_grid", test_isa_grid},
+        {"long_tiles", test_long_tiles},
     };
     return test_main(argc, argv, tests, (int)(sizeof tests / sizeof tests[0]));
 }
