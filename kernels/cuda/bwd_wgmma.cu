@@ -7,8 +7,8 @@
  * its keys, for every query head of the GQA group (dK/dV have one writer), and per block:
  *
  *   S^T  = K Q^T, dP^T = V dO^T        wgmma m64 x FA_BM, K/V and Q/dO in shared memory
- *   P~^T, dS^T                         registers (fa_bwd.cuh bwd_p_ds)
- *   dV  += P~^T dO, dK += dS^T Q       A from registers, dO/Q read MN-major
+ *   P^T, dS^T                          registers (fa_bwd.cuh bwd_p_plain, bwd_ds_plain)
+ *   dV  += P^T dO, dK += dS^T Q        A from registers, dO/Q read MN-major
  *   dQ_i += dS K                       dS^T through shared memory, read MN-major like K;
  *                                      f32 vector reductions into dq_accum (fa_bwd.cuh)
  *
@@ -19,16 +19,17 @@
  * tiles (and frees the other buffer), one publishes dS^T.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD (64 or 128; d = d_v rounds to it), FA_BM (128 for
- * d 64, 64 for d 128), FA_DROPOUT (0/1), FA_PLAIN (1: no softcap, ALiBi or dropout, whose
- * general score code would cost registers the plain kernel needs). Needs p.vec_io (16-byte aligned rows, d % 8 == 0);
- * src/cuda/bwd.c sends everything else to bwd_mma.cu. fa_bwd_pre and fa_bwd_dq (fa_bwd.cuh)
- * run before and after it.
+ * d 64, 64 for d 128). Plain scores only (no softcap, ALiBi or dropout: their score code costs
+ * registers this kernel does not have, and ptxas minutes) and p.vec_io (16-byte aligned rows,
+ * d % 8 == 0): src/cuda/bwd.c sends everything else to bwd_mma.cu. fa_bwd_pre and fa_bwd_dq
+ * (fa_bwd.cuh) run before and after it.
  */
 #if !((FA_HD == 64 && FA_BM == 128) || (FA_HD == 128 && FA_BM == 64))
 #error "bwd_wgmma.cu: (FA_HD, FA_BM) must be (64, 128) or (128, 64)"
 #endif
 #define BN 128
 #define NTHREADS 256
+#define FA_DROPOUT 0
 #include "fa_bwd.cuh"
 #include "fa_wgmma.cuh"
 
@@ -219,56 +220,53 @@ fa_bwd_wgmma(const __grid_constant__ fa_attn_params p) {
 
         /* S^T = K Q^T, dP^T = V dO^T: (64 keys, FA_BM queries) per warpgroup. */
         wg_fence();
-#define KMAJOR(base, rows, kq) wg_desc((base) + ((kq) >> 2) * (rows) * 128 + ((kq) & 3) * 32, 16)
-        wg_ss_sz(&acc_s[0][0], KMAJOR(sKw, BN, 0), KMAJOR(sQ, FA_BM, 0), 0);
+        /* K-major k16 steps: 32 bytes inside a 64-column atom, then the next atom. */
+#define KSTEP(rows, kq) (((kq) >> 2) * (rows) * 128 + ((kq) & 3) * 32)
+        const unsigned long long dK = wg_desc_here(sKw, 16), dQ = wg_desc_here(sQ, 16);
+        wg_ss_sz(&acc_s[0][0], dK, dQ, 0);
 #pragma unroll
         for (int kq = 1; kq < FA_HD / 16; ++kq)
-            wg_ss_s(&acc_s[0][0], KMAJOR(sKw, BN, kq), KMAJOR(sQ, FA_BM, kq), 1);
+            wg_ss_s(&acc_s[0][0], wg_desc_at(dK, KSTEP(BN, kq)), wg_desc_at(dQ, KSTEP(FA_BM, kq)),
+                    1);
         wg_commit();
-        wg_ss_sz(&acc_dp[0][0], KMAJOR(sVw, BN, 0), KMAJOR(sdO, FA_BM, 0), 0);
+        const unsigned long long dV = wg_desc_here(sVw, 16), ddO = wg_desc_here(sdO, 16);
+        wg_ss_sz(&acc_dp[0][0], dV, ddO, 0);
 #pragma unroll
         for (int kq = 1; kq < FA_HD / 16; ++kq)
-            wg_ss_s(&acc_dp[0][0], KMAJOR(sVw, BN, kq), KMAJOR(sdO, FA_BM, kq), 1);
-#undef KMAJOR
+            wg_ss_s(&acc_dp[0][0], wg_desc_at(dV, KSTEP(BN, kq)),
+                    wg_desc_at(ddO, KSTEP(FA_BM, kq)), 1);
+#undef KSTEP
         wg_commit();
 
-        /* P~^T, dS^T; plain scores are exponentiated while dP^T is still in the tensor cores. */
+        /* P^T, dS^T: S^T is exponentiated while dP^T is still in the tensor cores. */
         const int m_last = min(w.m0 + FA_BM, s.seqlen_q) - 1;
         const bool full = bwd_tile_full(p, s, w.m0, m_last, n0, BN);
-#if FA_PLAIN
-        const bool plain = true; /* the host sends softcap, ALiBi and dropout elsewhere */
-#else
-        const bool plain = bwd_plain(p, fa_alibi_slope(p, b, w.h));
-#endif
         wg_wait(1);
         wg_keep(&acc_s[0][0], FA_BM / 2);
-        if (plain) bwd_p_plain(p, s, w.m0, n0 + kw0, full, acc_s, sL);
+        bwd_p_plain(p, s, w.m0, n0 + kw0, full, acc_s, sL);
         wg_wait(0);
         wg_keep(&acc_dp[0][0], FA_BM / 2);
-        if (plain)
-            bwd_ds_plain(acc_s, acc_dp, sD);
-#if !FA_PLAIN
-        else
-            bwd_p_ds(p, s, b, w.h, w.m0, n0 + kw0, full, acc_s, acc_dp, sL, sD);
-#endif
+        bwd_ds_plain(acc_s, acc_dp, sD);
 
-        /* P~^T, dS^T as 16-bit A fragments; dS^T -> sdS for dQ = dS K. */
+        /* P^T, dS^T as 16-bit A fragments; dS^T -> sdS for dQ = dS K. */
         unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];
         PACK_A(pa_p, acc_s);
         PACK_A(pa_ds, acc_dp);
         store_ds(sdS, kw0, pa_ds);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 
-        /* dV += P~^T dO, dK += dS^T Q: dO, Q (FA_BM queries, FA_HD) read MN-major. */
+        /* dV += P^T dO, dK += dS^T Q: dO, Q (FA_BM queries, FA_HD) read MN-major. */
         wg_keep(&acc_dv[0][0], FA_HD / 2);
         wg_keep(&acc_dk[0][0], FA_HD / 2);
         wg_fence();
+        const unsigned long long mdO = wg_desc_here(sdO, FA_BM * 128);
 #pragma unroll
         for (int kk = 0; kk < FA_BM / 16; ++kk)
-            wg_rs_d(&acc_dv[0][0], pa_p[kk], wg_desc(sdO + kk * 2048, FA_BM * 128), 1);
+            wg_rs_d(&acc_dv[0][0], pa_p[kk], wg_desc_at(mdO, kk * 2048), 1);
+        const unsigned long long mQ = wg_desc_here(sQ, FA_BM * 128);
 #pragma unroll
         for (int kk = 0; kk < FA_BM / 16; ++kk)
-            wg_rs_d(&acc_dk[0][0], pa_ds[kk], wg_desc(sQ + kk * 2048, FA_BM * 128), 1);
+            wg_rs_d(&acc_dk[0][0], pa_ds[kk], wg_desc_at(mQ, kk * 2048), 1);
         wg_commit();
         __syncthreads(); /* every warp's dS^T in sdS */
 
@@ -280,11 +278,11 @@ fa_bwd_wgmma(const __grid_constant__ fa_attn_params p) {
         const unsigned sA = sdS, sB = sK + wg * BN * 128;
         const int dq_row0 = w.m0 + 16 * (warp & 3), dq_dim0 = 64 * wg;
 #endif
-        wg_ss64_tz(&acc_dq[0][0], wg_desc(sA, BN * 128), wg_desc(sB, BN * 128), 0);
+        const unsigned long long mA = wg_desc_here(sA, BN * 128), mB = wg_desc_here(sB, BN * 128);
+        wg_ss64_tz(&acc_dq[0][0], mA, mB, 0);
 #pragma unroll
         for (int kk = 1; kk < BN / 16; ++kk)
-            wg_ss64_t(&acc_dq[0][0], wg_desc(sA + kk * 2048, BN * 128),
-                      wg_desc(sB + kk * 2048, BN * 128), 1);
+            wg_ss64_t(&acc_dq[0][0], wg_desc_at(mA, kk * 2048), wg_desc_at(mB, kk * 2048), 1);
         wg_commit_wait();
         wg_keep(&acc_dv[0][0], FA_HD / 2);
         wg_keep(&acc_dk[0][0], FA_HD / 2);

@@ -121,6 +121,20 @@ static __device__ __forceinline__ unsigned long long wg_desc(unsigned addr, unsi
            (unsigned long long)(1024 >> 4) << 32 | 1ull << 62;
 }
 
+/* Descriptor d moved by a byte offset (the address field counts 16-byte units). */
+static __device__ __forceinline__ unsigned long long wg_desc_at(unsigned long long d,
+                                                                unsigned bytes) {
+    return d + (bytes >> 4);
+}
+
+/* A descriptor the compiler must build where it is used: one register pair in a loop instead of
+ * a hoisted pair per k step (which costs the accumulators their registers). */
+static __device__ __forceinline__ unsigned long long wg_desc_here(unsigned addr, unsigned lbo) {
+    unsigned long long d = wg_desc(addr, lbo);
+    asm volatile("" : "+l"(d));
+    return d;
+}
+
 /* Byte offset of 16-byte chunk c of row r in a (rows, 64 k) swizzled tile. */
 static __device__ __forceinline__ unsigned swz(int rows, int r, int c) {
     return (unsigned)((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));

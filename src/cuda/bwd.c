@@ -80,12 +80,13 @@ static bool vector_io(const fa_problem *p, const fa_bwd_args *a) {
 }
 
 /* The sm_90a wgmma kernel (bwd_wgmma.cu) takes compute capability 9.0 with d = d_v rounding to
- * 64 or 128 and 16-byte aligned rows. FLASHATTN_CUDA_BWD_WGMMA=0 turns it off (tuning
- * experiments only). */
+ * 64 or 128, 16-byte aligned rows and plain scores (no softcap, ALiBi or dropout).
+ * FLASHATTN_CUDA_BWD_WGMMA=0 turns it off (tuning experiments only). */
 static bool use_wgmma(const fa_cuda_state *st, const fa_problem *p, const fa_attn_params *params) {
     const int hd = fa_round_hd(p->d);
     const char *env = getenv("FLASHATTN_CUDA_BWD_WGMMA");
     return st->cc == 90 && p->d == p->d_v && (hd == 64 || hd == 128) && params->vec_io &&
+           p->softcap == 0.f && !params->alibi && p->dropout_p == 0.f &&
            (int)fa_bwd_wgmma_smem(hd) <= st->smem_optin && !(env && strcmp(env, "0") == 0);
 }
 
@@ -99,11 +100,8 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
     fa_launch l;
     memset(&l, 0, sizeof l);
     l.program = wgmma ? "bwd_wgmma.cu" : "bwd_mma.cu";
-    if (wgmma) {
-        const bool plain = p->softcap == 0.f && !params->alibi && p->dropout_p == 0.f;
-        fa_bwd_wgmma_defines(l.defines, sizeof l.defines, p->dtype, hd,
-                             plain ? 0 : p->dropout_p > 0.f ? 2 : 1);
-    }
+    if (wgmma)
+        fa_bwd_wgmma_defines(l.defines, sizeof l.defines, p->dtype, hd);
     else
         fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
     l.grid[1] = (unsigned)p->nheads;

@@ -118,6 +118,6 @@ fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count);
 /* bwd_wgmma.cu (sm_90a, head dim 64 or 128): 128 keys per CTA, bm query rows per block. */
 int fa_bwd_wgmma_bm(int hd);
 unsigned fa_bwd_wgmma_smem(int hd);
-void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd, int scores);
+void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd);
 
 #endif /* FA_CUDA_BACKEND_H */

@@ -208,10 +208,8 @@ unsigned fa_bwd_wgmma_smem(int hd) {
     return (unsigned)(2 * (2 * 128 * hd + 4 * bm * hd + 128 * bm) + 4 * 4 * bm + 1024);
 }
 
-/* scores: 0 plain (no softcap, ALiBi or dropout), 1 general, 2 general with dropout. */
-void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd, int scores) {
-    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BM=%d -DFA_PLAIN=%d -DFA_DROPOUT=%d",
-             dtype, hd, fa_bwd_wgmma_bm(hd), scores == 0, scores == 2);
+void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd) {
+    snprintf(out, size, "-DFA_DTYPE=%d -DFA_HD=%d -DFA_BM=%d", dtype, hd, fa_bwd_wgmma_bm(hd));
 }
 
 /* f16/bf16 x head dims 32..128 x dropout, with the tiles the runtime picks on that smem; on
@@ -220,12 +218,11 @@ fa_status fa_bwd_mma_precompile(const char *arch, int smem_limit, int *count) {
     char defines[256];
     if (strcmp(arch, "sm_90a") == 0)
         for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
-            for (int hd = 64; hd <= 128; hd += 64)
-                for (int scores = 0; scores <= 2; ++scores) {
-                    fa_bwd_wgmma_defines(defines, sizeof defines, dtype, hd, scores);
-                    FA_FORWARD_IF(fa_jit_precompile_one("bwd_wgmma.cu", defines, arch, true));
-                    ++*count;
-                }
+            for (int hd = 64; hd <= 128; hd += 64) {
+                fa_bwd_wgmma_defines(defines, sizeof defines, dtype, hd);
+                FA_FORWARD_IF(fa_jit_precompile_one("bwd_wgmma.cu", defines, arch, true));
+                ++*count;
+            }
     for (int dtype = FA_DTYPE_F16; dtype <= FA_DTYPE_BF16; ++dtype)
         for (int hd = 32; hd <= 128; hd += 32)
             for (int dropout = 0; dropout <= 1; ++dropout) {
