@@ -57,8 +57,13 @@ def _get_block_size_n(device, head_dim, is_dropout, is_causal):
     return 64
 
 
+_NO_WINDOW = (-1, -1)
+
+
 def _window(window_size):
     """(left, right) ints; elements may be 0-d tensors (upstream's tests pass a tensor)."""
+    if window_size is _NO_WINDOW:  # the default argument
+        return window_size
     if len(window_size) != 2:
         raise ValueError(f"flash_attn: window_size must be (left, right) (got {window_size!r})")
     return int(window_size[0]), int(window_size[1])
@@ -96,8 +101,9 @@ def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, 
         setattr(ctx, name, value)
 
 
-def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
-    eager = _custom_ops.eager(q, k, v, alibi_slopes)
+def _dense_forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
+    """ctx None: called by _apply, which found the call eager."""
+    eager = ctx is None or _custom_ops.eager(q, k, v, alibi_slopes)
     forward = _custom_ops.forward_eager if eager else _wrapped_flash_attn_forward
     return forward(
         q,
@@ -142,6 +148,7 @@ def _dense_backward(ctx, dout, dq, dk, dv):
 
 
 def _varlen_forward(
+    ctx,
     q,
     k,
     v,
@@ -158,7 +165,7 @@ def _varlen_forward(
     return_softmax,
     block_table=None,
 ):
-    eager = _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table)
+    eager = ctx is None or _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table)
     forward = _custom_ops.varlen_forward_eager if eager else _wrapped_flash_attn_varlen_forward
     return forward(
         q,
@@ -234,10 +241,15 @@ _NONES = (None,) * 16
 
 
 def _apply(function, tensors, *args):
-    """function.apply(*args), or function.forward(None, *args) when autograd would record nothing
-    (grad mode off or no tensor requires grad) and the call is eager: .apply costs ~10 us.
-    args end with is_grad_enabled; forward then saves nothing on its (absent) ctx."""
-    if not (args[-1] and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)) and _custom_ops.eager():
+    """function.apply(*args), or function.forward(None, *args) when the call is eager (see
+    _custom_ops.eager; tensors: every tensor argument or None) and autograd would record nothing
+    (grad mode off or no tensor requires grad): .apply costs ~10 us. args end with
+    is_grad_enabled; forward then saves nothing on its (absent) ctx and takes the eager path."""
+    if _custom_ops.eager(*tensors):
+        if args[-1]:
+            for t in tensors:
+                if t is not None and t.requires_grad:
+                    return function.apply(*args)
         return function.forward(None, *args[:-1], False)
     return function.apply(*args)
 
@@ -261,7 +273,7 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(2)  # one call for three views (slicing thrice costs twice as much)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, qkv):
             _save(
@@ -305,7 +317,7 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(2)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, q, kv):
             _save(
@@ -350,7 +362,7 @@ class FlashAttnFunc(torch.autograd.Function):
         # q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v) -> out (b, s_q, h, d_v)
         softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, q, k, v):
             _save(
@@ -395,6 +407,7 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
         softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -459,6 +472,7 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -524,6 +538,7 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
         softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -711,7 +726,7 @@ def flash_attn_varlen_qkvpacked_func(
     _require("qkv", qkv, 4, 1, 3, "(total, 3, nheads, headdim)")
     return _apply(
         FlashAttnVarlenQKVPackedFunc,
-        (qkv, alibi_slopes),
+        (qkv, cu_seqlens, alibi_slopes),
         qkv,
         cu_seqlens,
         max_seqlen,
@@ -751,7 +766,7 @@ def flash_attn_varlen_kvpacked_func(
     _require("kv", kv, 4, 1, 2, "(total_k, 2, nheads_k, headdim)")
     return _apply(
         FlashAttnVarlenKVPackedFunc,
-        (q, kv, alibi_slopes),
+        (q, kv, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
         q,
         kv,
         cu_seqlens_q,
@@ -799,7 +814,7 @@ def flash_attn_varlen_func(
         _require(name, t)
     return _apply(
         FlashAttnVarlenFunc,
-        (q, k, v, alibi_slopes),
+        (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table),
         q,
         k,
         v,
