@@ -32,9 +32,16 @@ POISON_OUTPUTS = False
 
 def new_output(shape, dtype, device):
     t = torch.empty(size=shape, dtype=dtype, device=device)  # size=: half the argument parsing
-    if POISON_OUTPUTS and t.is_floating_point():
-        t.fill_(float("nan"))
+    if POISON_OUTPUTS:
+        poison(t)
     return t
+
+
+def poison(*tensors):
+    """NaN into every floating tensor given (POISON_OUTPUTS)."""
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            t.fill_(float("nan"))
 
 
 def round_up(x, m):
@@ -280,17 +287,22 @@ def fwd(
         max_seqlen_q = _as_int("max_seqlen_q", max_seqlen_q)
         max_seqlen_k = _as_int("max_seqlen_k", max_seqlen_k)
         total_q, nheads, d = q.shape
-        out_shape, lse_shape, s_q, s_k = (total_q, nheads, v.shape[-1]), (nheads, total_q), max_seqlen_q, max_seqlen_k
+        out_shape, lse_shape, s_q = (total_q, nheads, v.shape[-1]), (nheads, total_q), max_seqlen_q
         scalars = {"max_seqlen_q": max_seqlen_q, "max_seqlen_k": max_seqlen_k}
     else:
         batch, s_q, nheads, d = q.shape
-        s_k = k.shape[1]
         out_shape, lse_shape = (batch, s_q, nheads, v.shape[-1]), (batch, nheads, s_q)
+    # torch.empty inlined (new_output): the two allocations are a tenth of a small call
     if out is None:
-        out = new_output(out_shape, q.dtype, device)
-    lse = new_output(lse_shape, _F32, device)
+        out = torch.empty(size=out_shape, dtype=q.dtype, device=device)
+        if POISON_OUTPUTS:
+            poison(out)
+    lse = torch.empty(size=lse_shape, dtype=_F32, device=device)
+    if POISON_OUTPUTS:
+        poison(lse)
     probs = None
     if return_softmax:
+        s_k = max_seqlen_k if varlen else k.shape[1]
         s_dmask = probs = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
     elif placeholders:
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
@@ -455,8 +467,12 @@ def kvcache(
     check_tensors(device, _KVCACHE_CHECKED, checked)
     batch, s_q, nheads, d = q.shape
     if out is None:
-        out = new_output((batch, s_q, nheads, v_cache.shape[-1]), q.dtype, device)
-    lse = new_output((batch, nheads, s_q), _F32, device)
+        out = torch.empty(size=(batch, s_q, nheads, v_cache.shape[-1]), dtype=q.dtype, device=device)
+        if POISON_OUTPUTS:
+            poison(out)
+    lse = torch.empty(size=(batch, nheads, s_q), dtype=_F32, device=device)
+    if POISON_OUTPUTS:
+        poison(lse)
     opts = _lib.make_options(
         d ** (-0.5) if softmax_scale is None else softmax_scale,
         causal,

@@ -505,6 +505,7 @@ class Context:
             f"creating the {backend_name(backend)} context",
         )
         self.handle = handle
+        self._handle = handle.value  # the raw address the raw-address prototypes take
         self.backend = backend
         self.device_index = device_index
         self.lock = threading.Lock()
@@ -541,10 +542,10 @@ class Context:
         with self.lock:
             if stream is not None:
                 self.set_stream(stream)
-            if num_threads is not None:
+            if num_threads is not None and num_threads != self._num_threads:
                 self.set_num_threads(num_threads)
             call.fill(tensors, scalars, opts)
-            handle, (args, options) = self.handle.value, call.address
+            handle, (args, options) = self._handle, call.address
             workspace = self.workspace if reuse else None
             size = 0 if workspace is None else workspace.numel()
             if not call.sized:

@@ -120,9 +120,10 @@ def _dense_forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, 
     )
 
 
-def _dense_backward(ctx, dout, dq, dk, dv):
-    """dq/dk/dv: buffers (possibly views of one packed buffer) written in place."""
-    q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
+def _dense_backward(ctx, saved, dout, dq, dk, dv):
+    """saved: ctx.saved_tensors (each read of it unpacks every tensor again); dq/dk/dv: buffers
+    (possibly views of one packed buffer) written in place."""
+    q, k, v, out, softmax_lse, rng_state = saved
     eager = _custom_ops.eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.alibi_slopes)
     backward = _custom_ops.backward_eager if eager else _wrapped_flash_attn_backward
     backward(
@@ -187,8 +188,9 @@ def _varlen_forward(
     )
 
 
-def _varlen_backward(ctx, dout, dq, dk, dv):
-    q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
+def _varlen_backward(ctx, saved, dout, dq, dk, dv):
+    """As _dense_backward."""
+    q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = saved
     cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
     tensors = (dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.alibi_slopes)
     eager = _custom_ops.eager(*tensors)
@@ -291,9 +293,10 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q = ctx.saved_tensors[0]
+        saved = ctx.saved_tensors
+        q = saved[0]
         dqkv = _engine.new_output(q.shape[:2] + (3,) + q.shape[2:], q.dtype, q.device)
-        _dense_backward(ctx, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
+        _dense_backward(ctx, saved, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
         return (dqkv,) + _NONES[:9]
 
 
@@ -335,10 +338,11 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k = ctx.saved_tensors[:2]
+        saved = ctx.saved_tensors
+        q, k = saved[:2]
         dq = _engine.new_output(q.shape, q.dtype, q.device)
         dkv = _engine.new_output(k.shape[:2] + (2,) + k.shape[2:], k.dtype, k.device)
-        _dense_backward(ctx, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
+        _dense_backward(ctx, saved, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
         return (dq, dkv) + _NONES[:9]
 
 
@@ -380,9 +384,13 @@ class FlashAttnFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k, v = ctx.saved_tensors[:3]
-        dq, dk, dv = (_engine.new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
-        _dense_backward(ctx, dout, dq, dk, dv)
+        saved = ctx.saved_tensors
+        q, k, v = saved[:3]
+        device = q.device
+        dq = _engine.new_output(q.shape, q.dtype, device)
+        dk = _engine.new_output(k.shape, k.dtype, device)
+        dv = _engine.new_output(v.shape, v.dtype, device)
+        _dense_backward(ctx, saved, dout, dq, dk, dv)
         return (dq, dk, dv) + _NONES[:9]
 
 
@@ -441,10 +449,11 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q = ctx.saved_tensors[0]
+        saved = ctx.saved_tensors
+        q = saved[0]
         # zeros: rows past cu_seqlens[-1] get no gradient and must not be garbage (upstream NaN issue)
         dqkv = torch.zeros(q.shape[:1] + (3,) + q.shape[1:], dtype=q.dtype, device=q.device)
-        _varlen_backward(ctx, dout, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
+        _varlen_backward(ctx, saved, dout, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
         return (dqkv,) + _NONES[:11]
 
 
@@ -506,10 +515,11 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k = ctx.saved_tensors[:2]
+        saved = ctx.saved_tensors
+        q, k = saved[:2]
         dq = torch.zeros_like(q)
         dkv = torch.zeros(k.shape[:1] + (2,) + k.shape[1:], dtype=k.dtype, device=k.device)
-        _varlen_backward(ctx, dout, dq, dkv[:, 0], dkv[:, 1])
+        _varlen_backward(ctx, saved, dout, dq, dkv[:, 0], dkv[:, 1])
         return (dq, dkv) + _NONES[:13]
 
 
@@ -578,9 +588,10 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
             raise NotImplementedError(
                 "flash_attn: backward through a paged KV cache (block_table) is not supported, as upstream"
             )
-        q, k, v = ctx.saved_tensors[:3]
+        saved = ctx.saved_tensors
+        q, k, v = saved[:3]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        _varlen_backward(ctx, dout, dq, dk, dv)
+        _varlen_backward(ctx, saved, dout, dq, dk, dv)
         return (dq, dk, dv) + _NONES[:14]
 
 
@@ -686,8 +697,8 @@ def flash_attn_func(
     with softmax_lse fp32 (batch, nheads, seqlen_q); a row with no visible key gives out = 0 and
     lse = +inf.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _require(name, t)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _require("q", q), _require("k", k), _require("v", v)
     return _apply(
         FlashAttnFunc,
         (q, k, v, alibi_slopes),
@@ -810,8 +821,8 @@ def flash_attn_varlen_func(
     block_table int32 (batch, max_blocks): k/v are a paged cache (num_blocks, page_size, nheads_k,
     headdim) with any page_size >= 1; forward only. Other arguments as flash_attn_func.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _require(name, t)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _require("q", q), _require("k", k), _require("v", v)
     return _apply(
         FlashAttnVarlenFunc,
         (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table),
@@ -868,8 +879,8 @@ def flash_attn_with_kvcache(
     cache position. num_splits: split-KV (0 = heuristic). Returns out (batch, seqlen_q, nheads,
     headdim), or (out, softmax_lse (batch, nheads, seqlen_q)).
     """
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        _require(name, t)
+    if not (isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor) and isinstance(v_cache, torch.Tensor)):
+        _require("q", q), _require("k_cache", k_cache), _require("v_cache", v_cache)
     q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
     softmax_scale = _scale(softmax_scale, q)
     if cache_seqlens is not None and isinstance(cache_seqlens, int):
