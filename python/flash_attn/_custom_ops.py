@@ -93,7 +93,7 @@ def forward_eager(
     placeholders=False,
 ):
     """_flash_attn_forward's implementation; S_dmask and rng_state are None where they carry
-    nothing unless placeholders (see _engine.fwd)."""
+    nothing unless placeholders (see _engine.fwd); softmax_scale None: 1/sqrt(head dim)."""
     q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     if _flaggems_switch() is not None:  # set at all (os.environ.get costs ~0.7 us a call)
         gems = _flaggems.maybe_forward(
@@ -101,7 +101,7 @@ def forward_eager(
             k,
             v,
             dropout_p,
-            softmax_scale,
+            q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale,
             causal,
             window_size_left,
             window_size_right,

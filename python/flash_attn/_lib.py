@@ -354,15 +354,18 @@ def _packer(mirror):
 _OPTIONS = _packer(FaOptions)
 
 
-def _tensor_packer(ndim):
-    """Writes one fa_tensor of ndim dims (data, dtype, ndim, shape..., stride...), zeros beyond ndim."""
+def _tensor_format(ndim):
+    """struct format of one fa_tensor of ndim dims (data, dtype, ndim, shape..., stride...), zeros
+    beyond ndim; ndim 0: an absent tensor, all zeros."""
+    if ndim == 0:
+        return "x" * ctypes.sizeof(FaTensor)
     pad = "x" * 8 * (MAX_DIMS - ndim)
-    packer = struct.Struct(f"=Qii{ndim}q{pad}{ndim}q{pad}")
-    assert packer.size == ctypes.sizeof(FaTensor) and FaTensor.stride.offset == 16 + 8 * MAX_DIMS
-    return packer
+    return f"Qii{ndim}q{pad}{ndim}q{pad}"
 
 
-_TENSOR = [_tensor_packer(n) for n in range(MAX_DIMS + 1)]  # by ndim
+assert FaTensor.shape.offset == 16 and FaTensor.stride.offset == 16 + 8 * MAX_DIMS
+assert all(struct.calcsize("=" + _tensor_format(n)) == ctypes.sizeof(FaTensor) for n in range(MAX_DIMS + 1))
+_TENSOR = [struct.Struct("=" + _tensor_format(n)) for n in range(MAX_DIMS + 1)]  # by ndim
 _EMPTY = ctypes.c_char(0)  # stands in for the data of zero-element tensors (never dereferenced)
 _dtype_ids = {}  # dtype object -> fa_dtype, filled from DTYPES on first sight
 
@@ -443,46 +446,87 @@ _I64 = struct.Struct("=q")  # max_seqlen_q / max_seqlen_k
 _INT64_MIN, _INT64_END = -(2**63), 2**63
 
 
+class _Unusual(Exception):
+    """A tensor off _Call.fill's common path (see _checked)."""
+
+
 class _Call:
     """One op's reusable fa_*_args and fa_options buffers and its two library functions, called
-    through raw-address prototypes (an int per pointer converts faster than a struct byref)."""
+    through raw-address prototypes (an int per pointer converts faster than a struct byref).
+
+    The args struct is written by one struct.pack_into per call, whose format depends only on
+    the rank of each tensor field (0: absent); formats are made on first sight of a rank pattern.
+    Pad bytes pack as zeros, so every field the call does not give is zero: nothing of a
+    previous call survives."""
 
     def __init__(self, op):
         mirror, ws_name, run_name = _OPS[op]
-        self.buffer = bytearray(ctypes.sizeof(mirror))  # packed into; zeroed by slice assignment
+        self.buffer = bytearray(ctypes.sizeof(mirror))
         self.args = mirror.from_buffer(self.buffer)
-        self.zeros = bytes(len(self.buffer))
         self.opts = FaOptions()
         self.address = ctypes.addressof(self.args), ctypes.addressof(self.opts)
         self.nbytes = ctypes.c_size_t(0)
         self.workspace_size = _RAW_WORKSPACE_SIZE((ws_name, _lib))
         self.run = _RAW_RUN((run_name, _lib))
-        fields = [(name, getattr(mirror, name).offset) for name, ctype in mirror._fields_ if ctype is FaTensor]
-        self.tensor_fields = tuple(fields)  # (name, offset) of every fa_tensor field, in order
+        self.tensor_fields = tuple(name for name, ctype in mirror._fields_ if ctype is FaTensor)  # in order
         self.offsets = {name: getattr(mirror, name).offset for name, _ in mirror._fields_}
+        self.packers = {}  # rank pattern (base-5 digits, first field first) -> struct.Struct
         self.sized = False  # the last call needed a workspace it was not given: ask for the size first
 
+    def _packer(self, key):
+        """The struct.Struct writing the whole args struct for rank pattern key."""
+        ranks, rest = [], key
+        for _ in self.tensor_fields:
+            rest, rank = divmod(rest, MAX_DIMS + 1)
+            ranks.append(rank)
+        fmt, at = "=", 0
+        for name, rank in zip(self.tensor_fields, reversed(ranks)):
+            offset = self.offsets[name]
+            fmt += "x" * (offset - at) + _tensor_format(rank)  # skipped bytes (scalars) pack as zeros
+            at = offset + ctypes.sizeof(FaTensor)
+        packer = struct.Struct(fmt + "x" * (len(self.buffer) - at))
+        self.packers[key] = packer
+        return packer
+
     def fill(self, tensors, scalars, opts):
-        """Zeroes the args, so no pointer of a previous call survives, then writes the given fields.
-        tensors: one tensor or None per fa_tensor field, in the struct's order; scalars: field -> int."""
-        buffer = self.buffer
-        buffer[:] = self.zeros
-        for (name, offset), t in zip(self.tensor_fields, tensors):
-            if t is not None:  # pack_tensor, inlined: this loop runs for every tensor of every call
-                shape, dtype, ptr = t.shape, _dtype_ids.get(t.dtype), t.data_ptr()
-                ndim = len(shape)
-                if dtype is None or not ptr or not 1 <= ndim <= MAX_DIMS:
-                    dtype, ptr = _checked(name, t)
-                _TENSOR[ndim].pack_into(buffer, offset, ptr, dtype, ndim, *shape, *t.stride())
+        """Writes the whole args struct and the options. tensors: one tensor or None per fa_tensor
+        field, in the struct's order; scalars: field -> int, or None."""
+        values, key = [], 0
+        try:
+            for t in tensors:  # the hot loop of every call: a few attribute reads per tensor
+                key *= MAX_DIMS + 1
+                if t is not None:
+                    shape, ptr = t.shape, t.data_ptr()
+                    ndim = len(shape)
+                    if not ptr or not 0 < ndim <= MAX_DIMS:
+                        raise _Unusual
+                    key += ndim
+                    values += (ptr, _dtype_ids[t.dtype], ndim, *shape, *t.stride())
+        except (_Unusual, KeyError):  # first sight of a dtype, zero elements, or a bad rank
+            values, key = self._checked_values(tensors)
+        packer = self.packers.get(key) or self._packer(key)
+        packer.pack_into(self.buffer, 0, *values)
         if scalars:
             for name, value in scalars.items():
                 if not _INT64_MIN <= value < _INT64_END:
                     raise InvalidArgumentError(f"flash_attn: {name} must fit in int64 (got {value})")
-                _I64.pack_into(buffer, self.offsets[name], value)
+                _I64.pack_into(self.buffer, self.offsets[name], value)
         try:
             _OPTIONS.pack_into(self.opts, 0, *opts)
         except OverflowError:  # a float beyond float32: ctypes stores +-inf, and the library judges it
             ctypes.memmove(self.address[1], ctypes.addressof(FaOptions(*opts)), ctypes.sizeof(FaOptions))
+
+    def _checked_values(self, tensors):
+        """fill's loop with every check and its error messages (see _checked)."""
+        values, key = [], 0
+        for name, t in zip(self.tensor_fields, tensors):
+            key *= MAX_DIMS + 1
+            if t is not None:
+                dtype, ptr = _checked(name, t)
+                shape = t.shape
+                key += len(shape)
+                values += (ptr, dtype, len(shape), *shape, *t.stride())
+        return values, key
 
 
 _WORKSPACE_TOO_SMALL = 5

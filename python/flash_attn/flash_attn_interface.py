@@ -272,7 +272,8 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # qkv (b, s, 3, h, d) -> out (b, s, h, d)
-        softmax_scale = _scale(softmax_scale, qkv)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(2)  # one call for three views (slicing thrice costs twice as much)
         out, lse, S_dmask, rng_state = _dense_forward(
             ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
@@ -317,7 +318,8 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (b, s_q, h, d), kv (b, s_k, 2, h_k, d) -> out (b, s_q, h, d)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(2)
         out, lse, S_dmask, rng_state = _dense_forward(
             ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
@@ -364,7 +366,8 @@ class FlashAttnFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v) -> out (b, s_q, h, d_v)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _dense_forward(
             ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
@@ -412,7 +415,8 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # qkv (total, 3, h, d) -> out (total, h, d)
-        softmax_scale = _scale(softmax_scale, qkv)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
             ctx,
@@ -478,7 +482,8 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (total_q, h, d), kv (total_k, 2, h_k, d) -> out (total_q, h, d)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
             ctx,
@@ -546,7 +551,8 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _varlen_forward(
             ctx,
             q,
@@ -881,8 +887,7 @@ def flash_attn_with_kvcache(
     """
     if not (isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor) and isinstance(v_cache, torch.Tensor)):
         _require("q", q), _require("k_cache", k_cache), _require("v_cache", v_cache)
-    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
-    softmax_scale = _scale(softmax_scale, q)
+    q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     if cache_seqlens is not None and isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32, device=q.device)
     cache_seqlens = maybe_contiguous(cache_seqlens)
