@@ -373,9 +373,9 @@ def bwd(
     device = q.device
     checked = (dout, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
     check_tensors(device, _BWD_CHECKED, checked)
-    for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
-        if t is None:
-            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
+    if dq is None or dk is None or dv is None:
+        name = "dq" if dq is None else "dk" if dk is None else "dv"
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
     scalars = None
     if varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:
