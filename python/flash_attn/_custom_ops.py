@@ -28,13 +28,16 @@ def round_multiple(x, m):
     return (x + m - 1) // m * m
 
 
+_jit_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)  # what torch.jit.is_tracing asks
+
+
 def eager(*tensors):
     """True when the ops may be bypassed: no torch.compile or jit tracing, no torch dispatch mode
     (fake tensors, opcheck, FlopCounterMode, ...), no functorch transform, and plain tensors (not
     FakeTensor or another subclass). Everything else goes through the registered ops."""
     if (
         torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
+        or _jit_tracing()
         or torch._C._len_torch_dispatch_stack()
         or torch._C._are_functorch_transforms_active()
     ):

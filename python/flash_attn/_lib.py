@@ -192,15 +192,16 @@ def env_reader(name):
     if not isinstance(data, dict) or encode is None or decode is None:  # not CPython's os.environ
         return lambda: environ.get(name)
     key = encode(name)
-    last = [None, None]  # (raw value, decoded value) of the last read
+    last = [(None, None)]  # (raw value, decoded value) of the last read, replaced as one tuple
 
     def read():
         raw = data.get(key)
         if raw is None:
             return None
-        if raw is not last[0]:
-            last[:] = raw, decode(raw)
-        return last[1]
+        entry = last[0]
+        if entry[0] is not raw:
+            last[0] = entry = raw, decode(raw)
+        return entry[1]
 
     return read
 
