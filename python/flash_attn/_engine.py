@@ -233,8 +233,49 @@ def _rng_opts(rng_state, dropout_p):
 # ---------------------------------------------------------------- operations
 
 
+def _options(
+    d,
+    softmax_scale,
+    causal,
+    window_left,
+    window_right,
+    softcap,
+    dropout_p=0.0,
+    rng_state=None,
+    deterministic=False,
+    num_splits=0,
+    rotary_interleaved=True,
+):
+    """fa_options of one call (make_options' values); softmax_scale None means 1/sqrt(d), d being
+    q's head dim."""
+    seed, offset = _rng_opts(rng_state, dropout_p) if dropout_p > 0.0 else (0, 0)
+    return _lib.make_options(
+        d ** (-0.5) if softmax_scale is None else softmax_scale,
+        causal,
+        window_left,
+        window_right,
+        softcap,
+        dropout_p,
+        seed,
+        offset,
+        deterministic,
+        num_splits,
+        rotary_interleaved,
+    )
+
+
 _F32 = torch.float32
-_FWD_CHECKED = ("k", "v", "out", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "leftpad_k", "block_table", "alibi_slopes")
+_FWD_CHECKED = (
+    "k",
+    "v",
+    "out",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
+    "seqused_k",
+    "leftpad_k",
+    "block_table",
+    "alibi_slopes",
+)
 
 
 def fwd(
@@ -310,17 +351,7 @@ def fwd(
         s_dmask = None
     if rng_state is None and (placeholders or dropout_p > 0.0):
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
-    seed, offset = _rng_opts(rng_state, dropout_p) if dropout_p > 0.0 else (0, 0)
-    opts = _lib.make_options(
-        d ** (-0.5) if softmax_scale is None else softmax_scale,
-        causal,
-        window_left,
-        window_right,
-        softcap,
-        dropout_p,
-        seed,
-        offset,
-    )
+    opts = _options(d, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
     # fa_fwd_args' tensor fields, in order
     tensors = (q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, alibi_slopes, out, lse, probs)
     _run("fwd", device, tensors, scalars, opts)
@@ -334,7 +365,19 @@ def softmax_d_shape(q, cu_seqlens_q=None):
     return (q.shape[0], q.shape[2], round_up(q.shape[1], 128))
 
 
-_BWD_CHECKED = ("dout", "k", "v", "out", "softmax_lse", "dq", "dk", "dv", "cu_seqlens_q", "cu_seqlens_k", "alibi_slopes")
+_BWD_CHECKED = (
+    "dout",
+    "k",
+    "v",
+    "out",
+    "softmax_lse",
+    "dq",
+    "dk",
+    "dv",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
+    "alibi_slopes",
+)
 
 
 def bwd(
@@ -389,17 +432,8 @@ def bwd(
         d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
     else:
         softmax_d = d_view = new_output(softmax_lse.shape, _F32, device)
-    seed, offset = _rng_opts(rng_state, dropout_p) if dropout_p > 0.0 else (0, 0)
-    opts = _lib.make_options(
-        q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale,
-        causal,
-        window_left,
-        window_right,
-        softcap,
-        dropout_p,
-        seed,
-        offset,
-        deterministic,
+    opts = _options(
+        q.shape[-1], softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic
     )
     # fa_bwd_args' tensor fields, in order
     tensors = (dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes, dq, dk, dv, d_view)
@@ -473,8 +507,9 @@ def kvcache(
     lse = torch.empty(size=(batch, nheads, s_q), dtype=_F32, device=device)
     if POISON_OUTPUTS:
         poison(lse)
-    opts = _lib.make_options(
-        d ** (-0.5) if softmax_scale is None else softmax_scale,
+    opts = _options(
+        d,
+        softmax_scale,
         causal,
         window_left,
         window_right,

@@ -129,14 +129,14 @@ def test_fill_writes_what_ctypes_says_on_every_path():
         (q, q, q) + (None,) * 6 + (empty, None, torch.zeros(3, dtype=torch.int64)),
         (q,) + (None,) * 11,
     )
-    for round in range(2):
+    for attempt in range(2):
         for tensors in cases:
             call.buffer[:] = b"\xff" * len(call.buffer)  # garbage that every field must overwrite
             call.fill(tensors, {"max_seqlen_q": 5}, options)
             for name, t in zip(call.tensor_fields, tensors):
                 assert bytes(getattr(call.args, name)) == bytes(_lib.to_fa_tensor(name, t)), name
             assert call.args.max_seqlen_q == 5 and call.args.max_seqlen_k == 0
-        if round == 0:
+        if attempt == 0:
             formats = dict(call.packers)
     assert call.packers == formats  # one format per rank pattern, made once
     with pytest.raises(_lib.InvalidArgumentError, match="alibi_slopes has dtype torch.uint8"):
