@@ -164,6 +164,7 @@ def check_tensors(device, names, tensors):
             for name, t in zip(names, tensors):
                 if t is not None:
                     _check_tensor(device, name, t)
+            return  # all are fine (tensor subclasses are)
 
 
 def _check_tensor(device, name, t):

@@ -186,7 +186,8 @@ _OPS = {
 def env_reader(name):
     """A function returning os.environ.get(name), read afresh on each call (tests and users may
     change a variable at any time) but at ~0.05 us instead of ~0.7 us: it looks the encoded key up
-    in os.environ's own mapping, which os.environ[...] = / del / putenv through os keep current."""
+    in os.environ's own mapping, which every change made through os.environ updates (os.putenv
+    alone is seen by neither)."""
     environ = os.environ
     data, encode, decode = (getattr(environ, a, None) for a in ("_data", "encodekey", "decodevalue"))
     if not isinstance(data, dict) or encode is None or decode is None:  # not CPython's os.environ
