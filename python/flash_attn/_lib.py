@@ -196,6 +196,8 @@ def env_reader(name):
     last = [(None, None)]  # (raw value, decoded value) of the last read, replaced as one tuple
 
     def read():
+        if os.environ is not environ:  # replaced wholesale (not by os itself): ask the new one
+            return os.environ.get(name)
         raw = data.get(key)
         if raw is None:
             return None

@@ -6,6 +6,7 @@ Each context reuses one args struct per op; a call must leave no field of a prev
 the same results as the registered ops, which fake tensors, opcheck and torch.compile use."""
 
 import ctypes
+import os
 
 import pytest
 import torch
@@ -153,6 +154,8 @@ def test_env_reader_follows_every_change(monkeypatch):
         assert read() == value
     monkeypatch.delenv("FLASHATTN_TEST_SETTING")
     assert read() is None
+    monkeypatch.setattr(os, "environ", {"FLASHATTN_TEST_SETTING": "replaced"})
+    assert read() == "replaced"
 
 
 def test_workspace_asked_for_only_when_too_small(monkeypatch):
