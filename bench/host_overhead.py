@@ -4,7 +4,7 @@ dominates, next to the bare library call (a prebuilt args struct through ctypes)
     PYTHONPATH=python FLASHATTN_LIBRARY=build/libflashattn.so python3 bench/host_overhead.py [--device cuda]
 
 Shapes: b=1, s=1, h=8, d=64; the kv-cache step attends to 8 of 16 cached tokens. Each row is
-the best of 5 rounds of n back-to-back calls (one synchronize per round on cuda, so a row there
+the best of --rounds (5) rounds of n back-to-back calls (one synchronize per round on cuda, so a row there
 is max(host, GPU) per call). The "C" rows are the library alone: the difference to a row above is
 the Python share.
 """
@@ -26,12 +26,12 @@ from flash_attn import (
 )
 
 
-def best_us(fn, n, sync):
+def best_us(fn, n, sync, rounds):
     for _ in range(n // 10):
         fn()
     sync()
     best = float("inf")
-    for _ in range(5):
+    for _ in range(rounds):
         t = time.perf_counter()
         for _ in range(n):
             fn()
@@ -66,6 +66,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("-n", type=int, default=2000, help="calls per round")
     p.add_argument("--threads", type=int, default=1, help="torch (and so cpu backend) threads")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per row (the best counts); more on a busy machine")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -84,6 +85,9 @@ def main():
     dout = torch.ones_like(q)
     out, lse = torch.empty_like(q), torch.empty(b, h, s, device=device)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    qtg, ktg, vtg = (t.transpose(1, 2) for t in (qg, kg, vg))
+    doutt = dout.transpose(1, 2)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def fwd_bwd():
         flash_attn_func(qg, kg, vg).backward(dout)
@@ -106,12 +110,13 @@ def main():
                 device,
             ),
         ),
-        ("torch SDPA", lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)),
+        ("torch SDPA", lambda: sdpa(qt, kt, vt)),
+        ("torch SDPA fwd+bwd", lambda: sdpa(qtg, ktg, vtg).backward(doutt)),
     ]
     print(f"host time per call, {device}, {dtype}, b={b} s={s} h={h} d={d}, torch threads {a.threads}")
     for name, fn in rows:
         n = a.n // 4 if "bwd" in name else a.n
-        print(f"{name:28s} {best_us(fn, n, sync):8.1f} us")
+        print(f"{name:28s} {best_us(fn, n, sync, a.rounds):8.1f} us")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,21 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _engine, _flaggems
+from . import _engine, _flaggems, _lib
 from . import _extension as flash_attn_gpu
+
+_flaggems_switch = _lib.env_reader("FLASH_ATTENTION_USE_FLAGGEMS")
 
 
 def maybe_contiguous(x):
-    return x.contiguous() if x is not None and x.stride(-1) != 1 else x
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
 def round_multiple(x, m):
     return (x + m - 1) // m * m
+
+
+_jit_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)  # what torch.jit.is_tracing asks
 
 
 def eager(*tensors):
@@ -32,7 +37,7 @@ def eager(*tensors):
     FakeTensor or another subclass). Everything else goes through the registered ops."""
     if (
         torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
+        or _jit_tracing()
         or torch._C._len_torch_dispatch_stack()
         or torch._C._are_functorch_transforms_active()
     ):
@@ -91,25 +96,26 @@ def forward_eager(
     placeholders=False,
 ):
     """_flash_attn_forward's implementation; S_dmask and rng_state are None where they carry
-    nothing unless placeholders (see _engine.fwd)."""
-    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
-    gems = _flaggems.maybe_forward(
-        q,
-        k,
-        v,
-        dropout_p,
-        softmax_scale,
-        causal,
-        window_size_left,
-        window_size_right,
-        softcap,
-        alibi_slopes,
-        return_softmax,
-    )
-    if gems is not None:
-        if not placeholders:
-            return gems[0], gems[1], None, None
-        return gems[0], gems[1], q.new_empty((0,)), torch.zeros(2, dtype=torch.int64)
+    nothing unless placeholders (see _engine.fwd); softmax_scale None: 1/sqrt(head dim)."""
+    q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
+    if _flaggems_switch() is not None:  # set at all (os.environ.get costs ~0.7 us a call)
+        gems = _flaggems.maybe_forward(
+            q,
+            k,
+            v,
+            dropout_p,
+            q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale,
+            causal,
+            window_size_left,
+            window_size_right,
+            softcap,
+            alibi_slopes,
+            return_softmax,
+        )
+        if gems is not None:
+            if not placeholders:
+                return gems[0], gems[1], None, None
+            return gems[0], gems[1], q.new_empty((0,)), torch.zeros(2, dtype=torch.int64)
     return _engine.fwd(
         q,
         k,
@@ -226,7 +232,7 @@ def varlen_forward_eager(
 ):
     """_flash_attn_varlen_forward (zero_tensors False, no leftpad_k / seqused_k) without the op
     and its placeholder outputs."""
-    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
+    q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     _engine.expect_ndim("cu_seqlens_q", cu_seqlens_q, 1, "(batch + 1,) int32")
     return _engine.fwd(
         q,
@@ -396,7 +402,8 @@ def varlen_backward_eager(
     rng_state=None,
 ):
     """_flash_attn_varlen_backward without the op (same signature, cu_seqlens None: batched)."""
-    dout, q, k, v, out = [maybe_contiguous(x) for x in (dout, q, k, v, out)]
+    dout, q, k, v = maybe_contiguous(dout), maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
+    out = maybe_contiguous(out)
     _engine.bwd(
         dout,
         q,

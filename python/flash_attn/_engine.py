@@ -11,7 +11,6 @@ tensor [seed, offset] (a CPU tensor even for CUDA inputs, so the backward reads 
 device sync); the backward hands the same pair to the library, which regenerates the mask.
 """
 
-import os
 import re
 import threading
 
@@ -33,18 +32,29 @@ POISON_OUTPUTS = False
 
 def new_output(shape, dtype, device):
     t = torch.empty(size=shape, dtype=dtype, device=device)  # size=: half the argument parsing
-    if POISON_OUTPUTS and t.is_floating_point():
-        t.fill_(float("nan"))
+    if POISON_OUTPUTS:
+        poison(t)
     return t
+
+
+def poison(*tensors):
+    """NaN into every floating tensor given (POISON_OUTPUTS)."""
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            t.fill_(float("nan"))
 
 
 def round_up(x, m):
     return (x + m - 1) // m * m
 
 
+_forced_backend = _lib.env_reader("FLASH_ATTENTION_BACKEND")  # read on every call, cheaply
+_num_threads_env = _lib.env_reader("FLASHATTN_NUM_THREADS")
+
+
 def backend_for(device):
     """The fa_backend id for tensors on device (honours FLASH_ATTENTION_BACKEND)."""
-    forced = os.environ.get("FLASH_ATTENTION_BACKEND", "").strip().lower()
+    forced = (_forced_backend() or "").strip().lower()
     backend = _DEVICE_BACKENDS.get(device.type)
     if forced and forced != "auto":
         if forced not in _DEVICE_BACKENDS:
@@ -64,7 +74,7 @@ def backend_for(device):
 
 def context(device):
     """The cached context for device, created and checked on first use."""
-    if not os.environ.get("FLASH_ATTENTION_BACKEND"):
+    if not _forced_backend():
         ctx = _device_contexts.get(device)
         if ctx is not None:
             return ctx
@@ -93,27 +103,20 @@ def context(device):
 
 def cpu_num_threads():
     """FLASHATTN_NUM_THREADS, else torch's intra-op thread count (a fair comparison with torch)."""
-    env = os.environ.get("FLASHATTN_NUM_THREADS")
+    env = _num_threads_env()
     return int(env) if env else torch.get_num_threads()
 
 
 _WORKSPACE_GRAIN = 2 << 20  # cpu workspaces grow in steps of 2 MiB
 
 
-def _cpu_workspace(ctx):
-    """The cpu context's workspace, grown on demand and reused by every call. A fresh buffer per
-    call costs a page fault and a page of zeroing for every 4 KiB of it (the backward's is tens of
-    MiB at seqlen 4k). Sharing one is safe: ctx.run holds the context's lock for the whole call.
-    CUDA keeps one allocation per call, from torch's caching allocator (stream-ordered)."""
-
-    def alloc(nbytes):
-        ws = ctx.workspace
-        if ws is None or ws.numel() < nbytes:
-            ctx.workspace = None  # free the old buffer before taking the larger one
-            ctx.workspace = ws = torch.empty(round_up(nbytes, _WORKSPACE_GRAIN), dtype=torch.uint8)
-        return ws
-
-    return alloc
+def _cpu_workspace(nbytes):
+    """A new cpu workspace of at least nbytes, which the context keeps and reuses (Context.run,
+    reuse=True). A fresh buffer per call costs a page fault and a page of zeroing for every 4 KiB
+    of it (the backward's is tens of MiB at seqlen 4k). Sharing one is safe: ctx.run holds the
+    context's lock for the whole call. CUDA keeps one allocation per call, from torch's caching
+    allocator (stream-ordered, and private to a CUDA graph during capture)."""
+    return torch.empty(round_up(nbytes, _WORKSPACE_GRAIN), dtype=torch.uint8)
 
 
 def release_workspaces():
@@ -136,21 +139,32 @@ def _current_stream(device):
     return torch.cuda.current_stream(index).cuda_stream
 
 
+_CPU = torch.device("cpu")
+_UINT8 = torch.uint8
+
+
 def _run(op, device, tensors, scalars, opts):
     ctx = context(device)
-    if device.type == "cpu":
-        ctx.run(op, tensors, scalars, opts, _cpu_workspace(ctx), num_threads=cpu_num_threads())
+    if device == _CPU:
+        ctx.run(op, tensors, scalars, opts, _cpu_workspace, num_threads=cpu_num_threads(), reuse=True)
     else:
         stream = _current_stream(device)
-        alloc = lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, device=device)  # noqa: E731
+        alloc = lambda nbytes: torch.empty(nbytes, dtype=_UINT8, device=device)  # noqa: E731
         ctx.run(op, tensors, scalars, opts, alloc, stream=stream)
 
 
-def check_tensors(device, **tensors):
-    """Every given tensor must be a torch.Tensor on device (the library cannot tell devices apart)."""
-    for name, t in tensors.items():
-        if t is not None and (type(t) is not torch.Tensor or t.device != device or t.layout != torch.strided):
-            _check_tensor(device, name, t)
+_STRIDED = torch.strided
+
+
+def check_tensors(device, names, tensors):
+    """Every given tensor must be a torch.Tensor on device (the library cannot tell devices apart).
+    names: a tuple of argument names, tensors: the tensors (or None) in the same order."""
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or t.device != device or t.layout is not _STRIDED):
+            for name, t in zip(names, tensors):
+                if t is not None:
+                    _check_tensor(device, name, t)
+            return  # all are fine (tensor subclasses are)
 
 
 def _check_tensor(device, name, t):
@@ -221,7 +235,7 @@ def _rng_opts(rng_state, dropout_p):
 
 
 def _options(
-    q,
+    d,
     softmax_scale,
     causal,
     window_left,
@@ -233,11 +247,11 @@ def _options(
     num_splits=0,
     rotary_interleaved=True,
 ):
-    """fa_options of one call; softmax_scale None means 1/sqrt(q's head dim)."""
-    seed, offset = _rng_opts(rng_state, dropout_p)
-    scale = q.shape[-1] ** (-0.5) if softmax_scale is None else softmax_scale
+    """fa_options of one call (make_options' values); softmax_scale None means 1/sqrt(d), d being
+    q's head dim."""
+    seed, offset = _rng_opts(rng_state, dropout_p) if dropout_p > 0.0 else (0, 0)
     return _lib.make_options(
-        scale,
+        d ** (-0.5) if softmax_scale is None else softmax_scale,
         causal,
         window_left,
         window_right,
@@ -249,6 +263,20 @@ def _options(
         num_splits,
         rotary_interleaved,
     )
+
+
+_F32 = torch.float32
+_FWD_CHECKED = (
+    "k",
+    "v",
+    "out",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
+    "seqused_k",
+    "leftpad_k",
+    "block_table",
+    "alibi_slopes",
+)
 
 
 def fwd(
@@ -291,57 +319,42 @@ def fwd(
     expect_ndim("v", v, 3 if varlen and block_table is None else 4, "like k")
     expect_ndim("k", k, v.dim(), "like v")
     device = q.device
-    check_tensors(
-        device,
-        k=k,
-        v=v,
-        out=out,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        seqused_k=seqused_k,
-        leftpad_k=leftpad_k,
-        block_table=block_table,
-        alibi_slopes=alibi_slopes,
-    )
+    checked = (k, v, out, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, alibi_slopes)
+    check_tensors(device, _FWD_CHECKED, checked)
+    scalars = None
     if varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:
             raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
         batch = cu_seqlens_q.numel() - 1
         max_seqlen_q = _as_int("max_seqlen_q", max_seqlen_q)
         max_seqlen_k = _as_int("max_seqlen_k", max_seqlen_k)
-        total_q, nheads = q.shape[0], q.shape[1]
-        lse_shape, s_q, s_k = (nheads, total_q), max_seqlen_q, max_seqlen_k
+        total_q, nheads, d = q.shape
+        out_shape, lse_shape, s_q = (total_q, nheads, v.shape[-1]), (nheads, total_q), max_seqlen_q
+        scalars = {"max_seqlen_q": max_seqlen_q, "max_seqlen_k": max_seqlen_k}
     else:
-        batch, s_q, nheads = q.shape[0], q.shape[1], q.shape[2]
-        s_k = k.shape[1]
-        lse_shape = (batch, nheads, s_q)
+        batch, s_q, nheads, d = q.shape
+        out_shape, lse_shape = (batch, s_q, nheads, v.shape[-1]), (batch, nheads, s_q)
+    # torch.empty inlined (new_output): the two allocations are a tenth of a small call
     if out is None:
-        out = new_output(q.shape[:-1] + (v.shape[-1],), q.dtype, device)
-    lse = new_output(lse_shape, torch.float32, device)
+        out = torch.empty(size=out_shape, dtype=q.dtype, device=device)
+        if POISON_OUTPUTS:
+            poison(out)
+    lse = torch.empty(size=lse_shape, dtype=_F32, device=device)
+    if POISON_OUTPUTS:
+        poison(lse)
+    probs = None
     if return_softmax:
-        s_dmask = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
+        s_k = max_seqlen_k if varlen else k.shape[1]
+        s_dmask = probs = new_output((max(batch, 0), nheads, round_up(s_q, 128), round_up(s_k, 128)), q.dtype, device)
     elif placeholders:
         s_dmask = torch.empty((0,), dtype=q.dtype, device=device)
     else:
         s_dmask = None
     if rng_state is None and (placeholders or dropout_p > 0.0):
         rng_state = draw_rng_state(device, dropout_p, batch, nheads)
-    opts = _options(q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
-    tensors = dict(
-        q=q,
-        k=k,
-        v=v,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        seqused_k=seqused_k,
-        leftpad_k=leftpad_k,
-        block_table=block_table,
-        alibi_slopes=alibi_slopes,
-        out=out,
-        softmax_lse=lse,
-        attn_probs=s_dmask if return_softmax else None,
-    )
-    scalars = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k) if varlen else {}
+    opts = _options(d, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state)
+    # fa_fwd_args' tensor fields, in order
+    tensors = (q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table, alibi_slopes, out, lse, probs)
     _run("fwd", device, tensors, scalars, opts)
     return out, lse, s_dmask, rng_state
 
@@ -351,6 +364,21 @@ def softmax_d_shape(q, cu_seqlens_q=None):
     if cu_seqlens_q is not None:
         return (q.shape[1], q.shape[0] + 128 * (cu_seqlens_q.numel() - 1))
     return (q.shape[0], q.shape[2], round_up(q.shape[1], 128))
+
+
+_BWD_CHECKED = (
+    "dout",
+    "k",
+    "v",
+    "out",
+    "softmax_lse",
+    "dq",
+    "dk",
+    "dv",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
+    "alibi_slopes",
+)
 
 
 def bwd(
@@ -387,55 +415,47 @@ def bwd(
         "q", q, 3 if varlen else 4, "(total_q, nheads, headdim)" if varlen else "(batch, seqlen, nheads, headdim)"
     )
     device = q.device
-    check_tensors(
-        device,
-        dout=dout,
-        k=k,
-        v=v,
-        out=out,
-        softmax_lse=softmax_lse,
-        dq=dq,
-        dk=dk,
-        dv=dv,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        alibi_slopes=alibi_slopes,
-    )
-    for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
-        if t is None:
-            raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
-    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
-        raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
+    checked = (dout, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
+    check_tensors(device, _BWD_CHECKED, checked)
+    if dq is None or dk is None or dv is None:
+        name = "dq" if dq is None else "dk" if dk is None else "dv"
+        raise _lib.InvalidArgumentError(f"flash_attn: {name} must be a preallocated tensor (got None)")
+    scalars = None
+    if varlen:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            raise _lib.InvalidArgumentError("flash_attn: varlen needs both cu_seqlens_q and cu_seqlens_k")
+        scalars = {
+            "max_seqlen_q": _as_int("max_seqlen_q", max_seqlen_q),
+            "max_seqlen_k": _as_int("max_seqlen_k", max_seqlen_k),
+        }
     if placeholders:
-        softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=torch.float32, device=device)
+        softmax_d = torch.zeros(softmax_d_shape(q, cu_seqlens_q), dtype=_F32, device=device)
         d_view = softmax_d[:, : q.shape[0]] if varlen else softmax_d[..., : q.shape[1]]
     else:
-        softmax_d = d_view = new_output(softmax_lse.shape, torch.float32, device)
+        softmax_d = d_view = new_output(softmax_lse.shape, _F32, device)
     opts = _options(
-        q, softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic=deterministic
+        q.shape[-1], softmax_scale, causal, window_left, window_right, softcap, dropout_p, rng_state, deterministic
     )
-    tensors = dict(
-        dout=dout,
-        q=q,
-        k=k,
-        v=v,
-        out=out,
-        softmax_lse=softmax_lse,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        alibi_slopes=alibi_slopes,
-        dq=dq,
-        dk=dk,
-        dv=dv,
-        softmax_d=d_view,
-    )
-    scalars = {}
-    if varlen:
-        scalars = dict(
-            max_seqlen_q=_as_int("max_seqlen_q", max_seqlen_q), max_seqlen_k=_as_int("max_seqlen_k", max_seqlen_k)
-        )
+    # fa_bwd_args' tensor fields, in order
+    tensors = (dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes, dq, dk, dv, d_view)
     _run("bwd", device, tensors, scalars, opts)
     return softmax_d
+
+
+_KVCACHE_CHECKED = (
+    "k_cache",
+    "v_cache",
+    "k",
+    "v",
+    "cache_seqlens",
+    "rotary_cos",
+    "rotary_sin",
+    "cache_batch_idx",
+    "cache_leftpad",
+    "block_table",
+    "alibi_slopes",
+    "out",
+)
 
 
 def kvcache(
@@ -465,26 +485,31 @@ def kvcache(
     expect_ndim("q", q, 4, "(batch, seqlen, nheads, headdim)")
     expect_ndim("v_cache", v_cache, 4, "(batch_cache, seqlen_cache, nheads_k, headdim)")
     device = q.device
-    check_tensors(
-        device,
-        k_cache=k_cache,
-        v_cache=v_cache,
-        k=k,
-        v=v,
-        cache_seqlens=cache_seqlens,
-        rotary_cos=rotary_cos,
-        rotary_sin=rotary_sin,
-        cache_batch_idx=cache_batch_idx,
-        cache_leftpad=cache_leftpad,
-        block_table=block_table,
-        alibi_slopes=alibi_slopes,
-        out=out,
+    checked = (
+        k_cache,
+        v_cache,
+        k,
+        v,
+        cache_seqlens,
+        rotary_cos,
+        rotary_sin,
+        cache_batch_idx,
+        cache_leftpad,
+        block_table,
+        alibi_slopes,
+        out,
     )
+    check_tensors(device, _KVCACHE_CHECKED, checked)
+    batch, s_q, nheads, d = q.shape
     if out is None:
-        out = new_output(q.shape[:-1] + (v_cache.shape[-1],), q.dtype, device)
-    lse = new_output((q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
+        out = torch.empty(size=(batch, s_q, nheads, v_cache.shape[-1]), dtype=q.dtype, device=device)
+        if POISON_OUTPUTS:
+            poison(out)
+    lse = torch.empty(size=(batch, nheads, s_q), dtype=_F32, device=device)
+    if POISON_OUTPUTS:
+        poison(lse)
     opts = _options(
-        q,
+        d,
         softmax_scale,
         causal,
         window_left,
@@ -493,24 +518,25 @@ def kvcache(
         num_splits=num_splits,
         rotary_interleaved=rotary_interleaved,
     )
-    tensors = dict(
-        q=q,
-        k_cache=k_cache,
-        v_cache=v_cache,
-        k_new=k,
-        v_new=v,
-        cache_seqlens=cache_seqlens,
-        cache_batch_idx=cache_batch_idx,
-        cache_leftpad=cache_leftpad,
-        block_table=block_table,
-        rotary_cos=rotary_cos,
-        rotary_sin=rotary_sin,
-        alibi_slopes=alibi_slopes,
-        out=out,
-        softmax_lse=lse,
+    # fa_kvcache_args' tensor fields, in order
+    tensors = (
+        q,
+        k_cache,
+        v_cache,
+        k,
+        v,
+        cache_seqlens,
+        cache_batch_idx,
+        cache_leftpad,
+        block_table,
+        rotary_cos,
+        rotary_sin,
+        alibi_slopes,
+        out,
+        lse,
     )
     try:
-        _run("kvcache", device, tensors, {}, opts)
+        _run("kvcache", device, tensors, None, opts)
     except _lib.FlashAttnError as e:  # the library says k_new/v_new; the Python arguments are k/v
         message = re.sub(r"\b([kv])_new\b", r"\1", str(e))
         raise type(e)(message, e.status) from None

@@ -57,8 +57,13 @@ def _get_block_size_n(device, head_dim, is_dropout, is_causal):
     return 64
 
 
+_NO_WINDOW = (-1, -1)
+
+
 def _window(window_size):
     """(left, right) ints; elements may be 0-d tensors (upstream's tests pass a tensor)."""
+    if window_size is _NO_WINDOW:  # the default argument
+        return window_size
     if len(window_size) != 2:
         raise ValueError(f"flash_attn: window_size must be (left, right) (got {window_size!r})")
     return int(window_size[0]), int(window_size[1])
@@ -96,8 +101,9 @@ def _save(ctx, tensors, dropout_p, softmax_scale, causal, window_size, softcap, 
         setattr(ctx, name, value)
 
 
-def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
-    eager = _custom_ops.eager(q, k, v, alibi_slopes)
+def _dense_forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax):
+    """ctx None: called by _apply, which found the call eager."""
+    eager = ctx is None or _custom_ops.eager(q, k, v, alibi_slopes)
     forward = _custom_ops.forward_eager if eager else _wrapped_flash_attn_forward
     return forward(
         q,
@@ -114,9 +120,10 @@ def _dense_forward(q, k, v, dropout_p, softmax_scale, causal, window_size, softc
     )
 
 
-def _dense_backward(ctx, dout, dq, dk, dv):
-    """dq/dk/dv: buffers (possibly views of one packed buffer) written in place."""
-    q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
+def _dense_backward(ctx, saved, dout, dq, dk, dv):
+    """saved: ctx.saved_tensors (each read of it unpacks every tensor again); dq/dk/dv: buffers
+    (possibly views of one packed buffer) written in place."""
+    q, k, v, out, softmax_lse, rng_state = saved
     eager = _custom_ops.eager(dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.alibi_slopes)
     backward = _custom_ops.backward_eager if eager else _wrapped_flash_attn_backward
     backward(
@@ -142,6 +149,7 @@ def _dense_backward(ctx, dout, dq, dk, dv):
 
 
 def _varlen_forward(
+    ctx,
     q,
     k,
     v,
@@ -158,7 +166,7 @@ def _varlen_forward(
     return_softmax,
     block_table=None,
 ):
-    eager = _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table)
+    eager = ctx is None or _custom_ops.eager(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table)
     forward = _custom_ops.varlen_forward_eager if eager else _wrapped_flash_attn_varlen_forward
     return forward(
         q,
@@ -180,8 +188,9 @@ def _varlen_forward(
     )
 
 
-def _varlen_backward(ctx, dout, dq, dk, dv):
-    q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
+def _varlen_backward(ctx, saved, dout, dq, dk, dv):
+    """As _dense_backward."""
+    q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = saved
     cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
     tensors = (dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, ctx.alibi_slopes)
     eager = _custom_ops.eager(*tensors)
@@ -234,10 +243,15 @@ _NONES = (None,) * 16
 
 
 def _apply(function, tensors, *args):
-    """function.apply(*args), or function.forward(None, *args) when autograd would record nothing
-    (grad mode off or no tensor requires grad) and the call is eager: .apply costs ~10 us.
-    args end with is_grad_enabled; forward then saves nothing on its (absent) ctx."""
-    if not (args[-1] and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)) and _custom_ops.eager():
+    """function.apply(*args), or function.forward(None, *args) when the call is eager (see
+    _custom_ops.eager; tensors: every tensor argument or None) and autograd would record nothing
+    (grad mode off or no tensor requires grad): .apply costs ~10 us. args end with
+    is_grad_enabled; forward then saves nothing on its (absent) ctx and takes the eager path."""
+    if _custom_ops.eager(*tensors):
+        if args[-1]:
+            for t in tensors:
+                if t is not None and t.requires_grad:
+                    return function.apply(*args)
         return function.forward(None, *args[:-1], False)
     return function.apply(*args)
 
@@ -258,10 +272,11 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # qkv (b, s, 3, h, d) -> out (b, s, h, d)
-        softmax_scale = _scale(softmax_scale, qkv)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(2)  # one call for three views (slicing thrice costs twice as much)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, qkv):
             _save(
@@ -279,9 +294,10 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q = ctx.saved_tensors[0]
+        saved = ctx.saved_tensors
+        q = saved[0]
         dqkv = _engine.new_output(q.shape[:2] + (3,) + q.shape[2:], q.dtype, q.device)
-        _dense_backward(ctx, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
+        _dense_backward(ctx, saved, dout, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2])
         return (dqkv,) + _NONES[:9]
 
 
@@ -302,10 +318,11 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (b, s_q, h, d), kv (b, s_k, 2, h_k, d) -> out (b, s_q, h, d)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(2)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, q, kv):
             _save(
@@ -323,10 +340,11 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k = ctx.saved_tensors[:2]
+        saved = ctx.saved_tensors
+        q, k = saved[:2]
         dq = _engine.new_output(q.shape, q.dtype, q.device)
         dkv = _engine.new_output(k.shape[:2] + (2,) + k.shape[2:], k.dtype, k.device)
-        _dense_backward(ctx, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
+        _dense_backward(ctx, saved, dout, dq, dkv[:, :, 0], dkv[:, :, 1])
         return (dq, dkv) + _NONES[:9]
 
 
@@ -348,9 +366,10 @@ class FlashAttnFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (b, s_q, h, d), k/v (b, s_k, h_k, d|d_v) -> out (b, s_q, h, d_v)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _dense_forward(
-            q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
+            ctx, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, return_softmax
         )
         if _needs_grad(is_grad_enabled, q, k, v):
             _save(
@@ -368,9 +387,13 @@ class FlashAttnFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k, v = ctx.saved_tensors[:3]
-        dq, dk, dv = (_engine.new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
-        _dense_backward(ctx, dout, dq, dk, dv)
+        saved = ctx.saved_tensors
+        q, k, v = saved[:3]
+        device = q.device
+        dq = _engine.new_output(q.shape, q.dtype, device)
+        dk = _engine.new_output(k.shape, k.dtype, device)
+        dv = _engine.new_output(v.shape, v.dtype, device)
+        _dense_backward(ctx, saved, dout, dq, dk, dv)
         return (dq, dk, dv) + _NONES[:9]
 
 
@@ -392,9 +415,11 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # qkv (total, 3, h, d) -> out (total, h, d)
-        softmax_scale = _scale(softmax_scale, qkv)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, qkv)
         q, k, v = qkv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -428,10 +453,11 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q = ctx.saved_tensors[0]
+        saved = ctx.saved_tensors
+        q = saved[0]
         # zeros: rows past cu_seqlens[-1] get no gradient and must not be garbage (upstream NaN issue)
         dqkv = torch.zeros(q.shape[:1] + (3,) + q.shape[1:], dtype=q.dtype, device=q.device)
-        _varlen_backward(ctx, dout, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
+        _varlen_backward(ctx, saved, dout, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
         return (dqkv,) + _NONES[:11]
 
 
@@ -456,9 +482,11 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (total_q, h, d), kv (total_k, 2, h_k, d) -> out (total_q, h, d)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         k, v = kv.unbind(1)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -492,10 +520,11 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *args):
-        q, k = ctx.saved_tensors[:2]
+        saved = ctx.saved_tensors
+        q, k = saved[:2]
         dq = torch.zeros_like(q)
         dkv = torch.zeros(k.shape[:1] + (2,) + k.shape[1:], dtype=k.dtype, device=k.device)
-        _varlen_backward(ctx, dout, dq, dkv[:, 0], dkv[:, 1])
+        _varlen_backward(ctx, saved, dout, dq, dkv[:, 0], dkv[:, 1])
         return (dq, dkv) + _NONES[:13]
 
 
@@ -522,8 +551,10 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         is_grad_enabled,
     ):
         # q (total_q, h, d), k/v (total_k, h_k, d|d_v) or paged -> out (total_q, h, d_v)
-        softmax_scale = _scale(softmax_scale, q)
+        if ctx is not None:  # the eager path (ctx None) leaves the default to the engine
+            softmax_scale = _scale(softmax_scale, q)
         out, lse, S_dmask, rng_state = _varlen_forward(
+            ctx,
             q,
             k,
             v,
@@ -563,9 +594,10 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
             raise NotImplementedError(
                 "flash_attn: backward through a paged KV cache (block_table) is not supported, as upstream"
             )
-        q, k, v = ctx.saved_tensors[:3]
+        saved = ctx.saved_tensors
+        q, k, v = saved[:3]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        _varlen_backward(ctx, dout, dq, dk, dv)
+        _varlen_backward(ctx, saved, dout, dq, dk, dv)
         return (dq, dk, dv) + _NONES[:14]
 
 
@@ -671,8 +703,8 @@ def flash_attn_func(
     with softmax_lse fp32 (batch, nheads, seqlen_q); a row with no visible key gives out = 0 and
     lse = +inf.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _require(name, t)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _require("q", q), _require("k", k), _require("v", v)
     return _apply(
         FlashAttnFunc,
         (q, k, v, alibi_slopes),
@@ -711,7 +743,7 @@ def flash_attn_varlen_qkvpacked_func(
     _require("qkv", qkv, 4, 1, 3, "(total, 3, nheads, headdim)")
     return _apply(
         FlashAttnVarlenQKVPackedFunc,
-        (qkv, alibi_slopes),
+        (qkv, cu_seqlens, alibi_slopes),
         qkv,
         cu_seqlens,
         max_seqlen,
@@ -751,7 +783,7 @@ def flash_attn_varlen_kvpacked_func(
     _require("kv", kv, 4, 1, 2, "(total_k, 2, nheads_k, headdim)")
     return _apply(
         FlashAttnVarlenKVPackedFunc,
-        (q, kv, alibi_slopes),
+        (q, kv, cu_seqlens_q, cu_seqlens_k, alibi_slopes),
         q,
         kv,
         cu_seqlens_q,
@@ -795,11 +827,11 @@ def flash_attn_varlen_func(
     block_table int32 (batch, max_blocks): k/v are a paged cache (num_blocks, page_size, nheads_k,
     headdim) with any page_size >= 1; forward only. Other arguments as flash_attn_func.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _require(name, t)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _require("q", q), _require("k", k), _require("v", v)
     return _apply(
         FlashAttnVarlenFunc,
-        (q, k, v, alibi_slopes),
+        (q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table),
         q,
         k,
         v,
@@ -853,10 +885,9 @@ def flash_attn_with_kvcache(
     cache position. num_splits: split-KV (0 = heuristic). Returns out (batch, seqlen_q, nheads,
     headdim), or (out, softmax_lse (batch, nheads, seqlen_q)).
     """
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        _require(name, t)
-    q, k, v = [maybe_contiguous(x) for x in (q, k, v)]
-    softmax_scale = _scale(softmax_scale, q)
+    if not (isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor) and isinstance(v_cache, torch.Tensor)):
+        _require("q", q), _require("k_cache", k_cache), _require("v_cache", v_cache)
+    q, k, v = maybe_contiguous(q), maybe_contiguous(k), maybe_contiguous(v)
     if cache_seqlens is not None and isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32, device=q.device)
     cache_seqlens = maybe_contiguous(cache_seqlens)

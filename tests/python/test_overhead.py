@@ -6,6 +6,7 @@ Each context reuses one args struct per op; a call must leave no field of a prev
 the same results as the registered ops, which fake tensors, opcheck and torch.compile use."""
 
 import ctypes
+import os
 
 import pytest
 import torch
@@ -114,11 +115,86 @@ def test_packed_fields_match_ctypes():
         _lib.to_fa_tensor("x", torch.zeros(()))
 
 
+def test_fill_writes_what_ctypes_says_on_every_path():
+    """The one-pack fill (a format per rank pattern) and its checked path (a dtype seen first,
+    zero elements) write each tensor field as to_fa_tensor does, and zeros where None."""
+    call = _engine.context(torch.device("cpu"))._calls["fwd"]
+    q = torch.randn(2, 3, 4, 8)
+    varlen_q = torch.randn(5, 4, 8)[:, :, 1:7]
+    empty = torch.empty(0, 4, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    options = _lib.make_options()
+    cases = (
+        (q, q, q) + (None,) * 9,
+        (varlen_q, varlen_q, varlen_q, cu, cu) + (None,) * 7,
+        (q, q, q) + (None,) * 6 + (empty, None, torch.zeros(3, dtype=torch.int64)),
+        (q,) + (None,) * 11,
+    )
+    for attempt in range(2):
+        for tensors in cases:
+            call.buffer[:] = b"\xff" * len(call.buffer)  # garbage that every field must overwrite
+            call.fill(tensors, {"max_seqlen_q": 5}, options)
+            for name, t in zip(call.tensor_fields, tensors):
+                assert bytes(getattr(call.args, name)) == bytes(_lib.to_fa_tensor(name, t)), name
+            assert call.args.max_seqlen_q == 5 and call.args.max_seqlen_k == 0
+        if attempt == 0:
+            formats = dict(call.packers)
+    assert call.packers == formats  # one format per rank pattern, made once
+    with pytest.raises(_lib.InvalidArgumentError, match="alibi_slopes has dtype torch.uint8"):
+        call.fill((q, q, q) + (None,) * 5 + (torch.zeros(4, dtype=torch.uint8),) + (None,) * 3, None, options)
+
+
+def test_env_reader_follows_every_change(monkeypatch):
+    """Settings are read on every call (cheaply): a change takes effect at the next call."""
+    read = _lib.env_reader("FLASHATTN_TEST_SETTING")
+    monkeypatch.delenv("FLASHATTN_TEST_SETTING", raising=False)
+    assert read() is None
+    for value in ("1", "cpu", "cpu", "", "ünï"):
+        monkeypatch.setenv("FLASHATTN_TEST_SETTING", value)
+        assert read() == value
+    monkeypatch.delenv("FLASHATTN_TEST_SETTING")
+    assert read() is None
+    monkeypatch.setattr(os, "environ", {"FLASHATTN_TEST_SETTING": "replaced"})
+    assert read() == "replaced"
+
+
+def test_workspace_asked_for_only_when_too_small(monkeypatch):
+    """The cpu context runs with its kept workspace and asks the library for the size only when
+    that is too small (then grows it); a context without one (cuda) asks first once an op has
+    needed one."""
+    ctx = _engine.context(torch.device("cpu"))
+    q, k, v = _qkv(b=1, s_q=64, s_k=64, h=2, h_k=2, d=32)
+    expected = flash_attn_func(q, k, v, causal=True)
+    call = ctx._calls["fwd"]
+    sizes = []
+    real = call.workspace_size
+    monkeypatch.setattr(call, "workspace_size", lambda *a: sizes.append(1) or real(*a))
+    _engine.release_workspaces()
+    assert torch.equal(flash_attn_func(q, k, v, causal=True), expected)
+    assert len(sizes) == 1 and ctx.workspace is not None
+    assert torch.equal(flash_attn_func(q, k, v, causal=True), expected)
+    assert len(sizes) == 1  # the kept workspace fits: one library call
+    out, lse = torch.empty_like(q), torch.empty(1, 2, 64)
+    tensors = (q, k, v) + (None,) * 6 + (out, lse, None)
+    allocated = []
+
+    def alloc(nbytes):
+        allocated.append(nbytes)
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    options = _lib.make_options(32**-0.5, True)
+    for _ in range(2):  # without a kept workspace: run, too small, size, run; then size first
+        assert ctx.run("fwd", tensors, None, options, alloc) is not None
+        assert torch.equal(out, expected) and call.sized
+    assert len(sizes) == 3 and len(allocated) == 2
+    call.sized = False
+
+
 def test_options_packed_like_ctypes():
     values = _lib.make_options(0.25, True, 3, 2**40, -1.5, 0.1, -1, 7, True, -2, False)
     ctx = _engine.context(torch.device("cpu"))
     call = ctx._calls["fwd"]
-    call.fill({}, {}, values)
+    call.fill((None,) * len(call.tensor_fields), None, values)
     expected = _lib.FaOptions(*values)
     for name, _ in _lib.FaOptions._fields_:
         assert getattr(call.opts, name) == getattr(expected, name), name
