@@ -1,9 +1,12 @@
 /*
- * bwd.c — the backward. f16/bf16 with head dims <= 128 and deterministic off take the
- * tensor-core kernels (bwd_mma.cu: softmax_d and dq_accum zeroed, dK/dV per key tile with dQ
- * accumulated by f32 atomics into the workspace, dq converted). Everything else (f32, head dims
- * over 128, deterministic) takes the SIMT kernels (bwd_simt.cu): softmax_d, then dK/dV with one
- * writer per key and dQ with one writer per row — no atomics, no workspace, bit-reproducible.
+ * bwd.c — the backward. f16/bf16 with head dims <= 128 take the tensor-core kernels (bwd_mma.cu:
+ * softmax_d and dq_accum zeroed, dK/dV per key tile with dQ added into the f32 workspace
+ * dq_accum, dq converted). Not deterministic: a CTA per key tile, dQ by f32 atomics into one
+ * dq_accum. Deterministic (FA2's way): dq_splits CTAs per (kv head, batch) stride over the key
+ * tiles, each adding its dQ into its own dq_accum slice with plain stores, and the slices are
+ * summed in a fixed order: bit-reproducible. f32 and head dims over 128 take the SIMT kernels
+ * (bwd_simt.cu): softmax_d, then dK/dV with one writer per key and dQ with one writer per row;
+ * no atomics, no workspace, bit-reproducible in both modes.
  */
 #include <string.h>
 
@@ -12,19 +15,46 @@
 /* Whether the tensor-core kernels run this call (else the SIMT ones). */
 static bool use_mma(const fa_problem *p) {
     return (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) && p->d <= 128 &&
-           p->d_v <= 128 && !p->opts.deterministic;
+           p->d_v <= 128;
 }
 
 static int64_t total_q_rows(const fa_problem *p, const fa_bwd_args *a) {
     return p->varlen ? a->q.shape[0] : a->q.shape[0] * a->q.shape[1];
 }
 
-/* dq_accum: f32 (total_q, h, round32(d)) for the tensor-core path, nothing for SIMT. */
+static fa_bwd_tiles tiles_of(fa_context *ctx, const fa_problem *p) {
+    return fa_bwd_mma_tiles(fa_round_hd(p->d), fa_round_hd(p->d_v),
+                            fa_cuda_state_of(ctx)->smem_optin);
+}
+
+/* Deterministic calls: CTAs per (kv head, batch), each with its own dq_accum slice; 0 when not
+ * deterministic (a CTA per key tile, one shared slice). opts.num_splits forces it; else as many
+ * as run at once: SMs x CTAs per SM over b * h_k (by shared memory, threads and 255 registers
+ * a thread: ptxas gives the 8-warp tiles 238..255, so one CTA per SM on H100). FA2 rounds that
+ * quotient up, which with one CTA per SM starts a short second wave: b h_k = 64 on 132 SMs
+ * runs 3 splits as 192 CTAs of s_k / 3 keys in two waves, against 2 splits as 128 CTAs of
+ * s_k / 2 in one. At most one split per key tile. */
+static int dq_splits(fa_context *ctx, const fa_problem *p, fa_bwd_tiles t) {
+    if (!p->opts.deterministic) return 0;
+    const fa_cuda_state *state = fa_cuda_state_of(ctx);
+    const int64_t threads = 32 * t.nwarps;
+    int64_t per_sm = (state->smem_optin + 1024) /
+                     ((int64_t)fa_bwd_mma_smem(fa_round_hd(p->d), fa_round_hd(p->d_v), t) + 1024);
+    if (per_sm > 2048 / threads) per_sm = 2048 / threads;
+    if (per_sm > 65536 / (256 * threads)) per_sm = 65536 / (256 * threads);
+    const int64_t pairs = p->batch * p->nheads_k > 0 ? p->batch * p->nheads_k : 1;
+    int64_t n = p->opts.num_splits > 0 ? p->opts.num_splits : state->sm_count * per_sm / pairs;
+    const int64_t tiles = (p->max_seqlen_k + 16 * t.nwarps - 1) / (16 * t.nwarps);
+    if (n > tiles) n = tiles;
+    return n < 1 ? 1 : (int)n;
+}
+
+/* dq_accum: f32 (slices, total_q, h, round32(d)) for the tensor-core path, nothing for SIMT. */
 fa_status fa_cuda_bwd_workspace(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
                                 size_t *bytes) {
-    (void)ctx;
-    *bytes = use_mma(p) ? (size_t)total_q_rows(p, a) * (size_t)p->nheads *
-                              (size_t)fa_round_hd(p->d) * sizeof(float)
+    const int splits = use_mma(p) ? dq_splits(ctx, p, tiles_of(ctx, p)) : 0;
+    *bytes = use_mma(p) ? (size_t)(splits > 0 ? splits : 1) * (size_t)total_q_rows(p, a) *
+                              (size_t)p->nheads * (size_t)fa_round_hd(p->d) * sizeof(float)
                         : 0;
     return FA_OK;
 }
@@ -78,10 +108,11 @@ static bool vector_io(const fa_problem *p, const fa_bwd_args *a) {
     return ok;
 }
 
-/* bwd_mma.cu: softmax_d and zeroed dq_accum, dK/dV (+ dq_accum), dq. Context current. */
-static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
+/* bwd_mma.cu: softmax_d and zeroed dq_accum, dK/dV (+ dq_accum), dq. Context current;
+ * params->num_splits set (dq_splits). */
+static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params,
+                         fa_bwd_tiles t) {
     const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
-    const fa_bwd_tiles t = fa_bwd_mma_tiles(hd, hdv, fa_cuda_state_of(ctx)->smem_optin);
     fa_launch l;
     memset(&l, 0, sizeof l);
     l.program = "bwd_mma.cu";
@@ -95,7 +126,8 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
     if (status == FA_OK) {
         l.kernel = "fa_bwd_mma";
         l.block = 32u * (unsigned)t.nwarps;
-        l.grid[0] = ceil_div(p->max_seqlen_k, 16 * t.nwarps);
+        l.grid[0] = params->num_splits > 0 ? (unsigned)params->num_splits
+                                           : ceil_div(p->max_seqlen_k, 16 * t.nwarps);
         l.grid[1] = (unsigned)p->nheads_k;
         l.smem = fa_bwd_mma_smem(hd, hdv, t);
         status = fa_cuda_launch(ctx, &l, params);
@@ -118,11 +150,14 @@ fa_status fa_cuda_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a
     if (use_mma(p)) {
         FA_RETURN_IF((uintptr_t)ws % 16 != 0, FA_ERR_INVALID_ARGUMENT,
                      "workspace must be 16-byte aligned for the cuda backward (got %p)", ws);
+        const fa_bwd_tiles t = tiles_of(ctx, p);
         params.dq_accum = (float *)ws;
+        params.num_splits = dq_splits(ctx, p, t);
+        params.dq_accum_split_stride = params.total_q * p->nheads * fa_round_hd(p->d);
         params.vec_io = vector_io(p, a);
         fa_cuda_scope scope;
         FA_FORWARD_IF(fa_cuda_enter(ctx, &scope));
-        const fa_status status = bwd_mma(ctx, p, &params);
+        const fa_status status = bwd_mma(ctx, p, &params, t);
         fa_cuda_leave(&scope);
         return status;
     }
