@@ -226,7 +226,7 @@ static void test_deterministic_grid(void) {
     for (int i = 0; i < 8; ++i) {
         if (test_quick() && i % 2) continue;
         const int64_t d = dims[i % 4];
-        cfg c = cfg_basic(k_dtypes[1 + i % 2], 2, 41 + 13 * i, 260 + 23 * i, 4, i < 4 ? 2 : 1,
+        cfg c = cfg_basic(k_dtypes[1 + i % 2], 2, 17 + 9 * i, 260 + 23 * i, 4, i < 4 ? 2 : 1,
                           d, i == 3 ? 96 : d);
         c.deterministic = true;
         c.num_splits = i % 3; /* 0: the SM-count rule */
