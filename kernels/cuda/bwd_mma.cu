@@ -37,6 +37,8 @@
 #define SS_STRIDE (FA_BM + 8)
 #define DQ_WN (BN / FA_BM)      /* warps along the head dim of dQ = dS K */
 #define DQ_WIDTH (FA_HD / DQ_WN) /* head dims of dQ per warp */
+/* deterministic: C tiles of dQ whose prior sums load before the MMAs (32 registers at most) */
+#define DQ_PRE (DQ_WIDTH / 8 < 8 ? DQ_WIDTH / 8 : 8)
 
 #if BN % FA_BM != 0 || BN / FA_BM > 4
 #error "BN must be FA_BM, 2 * FA_BM or 4 * FA_BM"
@@ -127,18 +129,11 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
         pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
     }
 
-/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS, into
- * dq_accum slice `slice`: warp -> 16 query rows x DQ_WIDTH dims; A = dS by ldmatrix.trans of sdS, B = K (keys x dims,
- * ldmatrix.trans). Lanes t, t ^ 1 then swap halves so that even t holds row g, odd t row g + 8,
- * each with 4 consecutive dims: one 16-byte reduction per tile instead of four scalar ones.
- * Every element of the block has one thread, fixed by (i mod FA_BM, dim): deterministic calls
- * add in place, in program order. */
-static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
-                                                 walk_pos w, int slice, const fa_u16 *sdS,
-                                                 const fa_u16 *sK) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
-    float acc_dq[DQ_WIDTH / 8][4];
+/* acc_dq (16 query rows from mrow x DQ_WIDTH dims from dim0, C layout) = dS K over the BN keys:
+ * A = dS by ldmatrix.trans of sdS (dS^T, keys x queries), B = K (keys x dims, ldmatrix.trans). */
+static __device__ __forceinline__ void dq_mma(float (*acc_dq)[4], const fa_u16 *sdS,
+                                              const fa_u16 *sK, int mrow, int dim0) {
+    const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int nt = 0; nt < DQ_WIDTH / 8; ++nt)
 #pragma unroll
@@ -159,17 +154,49 @@ static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const 
             fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
         }
     }
+}
+
+/* Lanes t, t ^ 1 swap halves of a C tile c: even t gets row g, odd t row g + 8, each with the 4
+ * consecutive dims 8 nt + 2 (t & 2) .. + 3 in v. */
+static __device__ __forceinline__ void dq_quad(const float *c, bool odd, float *v) {
+    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+    v[0] = odd ? r0 : c[0], v[1] = odd ? r1 : c[1];
+    v[2] = odd ? c[2] : r0, v[3] = odd ? c[3] : r1;
+}
+
+/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS, into
+ * dq_accum slice `slice`: warp -> 16 query rows x DQ_WIDTH dims, one 16-byte add per lane and C
+ * tile (dq_quad). Every element of the block has one thread, fixed by (i mod FA_BM, dim), so
+ * deterministic calls add in place in program order; their loads of the prior sums are issued
+ * before the MMAs (two paths, so that the atomic one keeps its registers). */
+static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
+                                                 walk_pos w, int slice, const fa_u16 *sdS,
+                                                 const fa_u16 *sK) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
     const bool odd = t & 1;
     const int i = w.m0 + mrow + g + (odd ? 8 : 0);
+    const bool in = i < s.seqlen_q;
     float *row = dq_accum_split_row(p, s, i, w.h, slice) + dim0 + 2 * (t & 2);
+    float acc_dq[DQ_WIDTH / 8][4], v[4];
+    if (p.num_splits > 0) {
+        fa_f32x4 prior[DQ_PRE];
 #pragma unroll
-    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
-        const float *c = acc_dq[nt];
-        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
-        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
-        if (i < s.seqlen_q) {
-            if (odd) dq_accum_add4(p, row + nt * 8, r0, r1, c[2], c[3]);
-            else dq_accum_add4(p, row + nt * 8, c[0], c[1], r0, r1);
+        for (int nt = 0; nt < DQ_PRE; ++nt) prior[nt] = dq_accum_prior(p, row + nt * 8, in);
+        dq_mma(acc_dq, sdS, sK, mrow, dim0);
+#pragma unroll
+        for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+            dq_quad(acc_dq[nt], odd, v);
+            const fa_f32x4 pr = nt < DQ_PRE ? prior[nt] : dq_accum_prior(p, row + nt * 8, in);
+            if (in) dq_accum_add4(p, row + nt * 8, pr, v[0], v[1], v[2], v[3]);
+        }
+    } else {
+        dq_mma(acc_dq, sdS, sK, mrow, dim0);
+#pragma unroll
+        for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+            dq_quad(acc_dq[nt], odd, v);
+            if (in) fa_red_add4(row + nt * 8, v[0], v[1], v[2], v[3]);
         }
     }
 }

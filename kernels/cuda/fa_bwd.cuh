@@ -2,7 +2,7 @@
  * fa_bwd.cuh — what the tensor-core backwards share (bwd_mma.cu, and bwd_wgmma.cu on sm_90a):
  *
  *   fa_bwd_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
- *   dq_accum_add4: a thread's dQ contribution into dq_accum (atomic or deterministic)
+ *   dq_accum_prior, dq_accum_add4: a thread's dQ contribution into dq_accum (atomic or deterministic)
  *   fa_bwd_dq:   dq = dq_accum (slices summed) * scale in the output dtype and strides
  *   bwd_p_ds:    a transposed score tile (keys x queries, mma.sync C layout) -> P~^T and dS^T
  *
@@ -45,18 +45,30 @@ static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, c
     return dq_accum_split_row(p, s, i, h, 0);
 }
 
-/* dst[0..3] += v0..v3, dst 16-byte aligned: an f32 vector reduction into the shared slice, or
- * (deterministic) load-add-store: the caller is the only writer of dst in its own slice. */
-static __device__ __forceinline__ void dq_accum_add4(const fa_attn_params &p, float *dst, float v0,
-                                                     float v1, float v2, float v3) {
+struct __align__(16) fa_f32x4 {
+    float x, y, z, w;
+};
+
+/* Deterministic calls add in place: a thread loads the partial sums of its 4 elements first
+ * (dq_accum_prior, 16-byte aligned src; zeros where !in), early enough for the load to hide
+ * under its MMAs, and dq_accum_add4 stores prior + v. Otherwise prior is zeros, unread, and
+ * dq_accum_add4 is an f32 vector reduction into the one slice. */
+static __device__ __forceinline__ fa_f32x4 dq_accum_prior(const fa_attn_params &p,
+                                                          const float *src, bool in) {
+    fa_f32x4 prior = {0.f, 0.f, 0.f, 0.f};
+    if (p.num_splits > 0 && in) prior = *(const fa_f32x4 *)src;
+    return prior;
+}
+
+static __device__ __forceinline__ void dq_accum_add4(const fa_attn_params &p, float *dst,
+                                                     fa_f32x4 prior, float v0, float v1,
+                                                     float v2, float v3) {
     if (p.num_splits == 0) {
         fa_red_add4(dst, v0, v1, v2, v3);
         return;
     }
-    struct __align__(16) f32x4 { float x, y, z, w; }; /* one 16-byte load and store */
-    f32x4 a = *(f32x4 *)dst;
-    a.x += v0, a.y += v1, a.z += v2, a.w += v3;
-    *(f32x4 *)dst = a;
+    prior.x += v0, prior.y += v1, prior.z += v2, prior.w += v3;
+    *(fa_f32x4 *)dst = prior;
 }
 
 /* One warp per row: D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.

@@ -29,10 +29,10 @@ static fa_bwd_tiles tiles_of(fa_context *ctx, const fa_problem *p) {
 
 /* Deterministic calls: CTAs per (kv head, batch), each with its own dq_accum slice; 0 when not
  * deterministic (a CTA per key tile, one shared slice). opts.num_splits forces it; else as many
- * as run at once: SMs x CTAs per SM over b * h_k (by shared memory, threads and 255 registers
- * a thread: ptxas gives the 8-warp tiles 238..255, so one CTA per SM on H100). FA2 rounds that
- * quotient up, which with one CTA per SM starts a short second wave: b h_k = 64 on 132 SMs
- * runs 3 splits as 192 CTAs of s_k / 3 keys in two waves, against 2 splits as 128 CTAs of
+ * as run at once: SMs x CTAs per SM over b * h_k (CTAs per SM by shared memory, threads and 255
+ * registers a thread: ptxas gives the 8-warp tiles 208..255, so one CTA per SM). FA2 rounds
+ * that quotient up, which with one CTA per SM starts a short second wave: b h_k = 64 on 132
+ * SMs runs 3 splits as 192 CTAs of s_k / 3 keys in two waves, against 2 splits as 128 CTAs of
  * s_k / 2 in one. At most one split per key tile. */
 static int dq_splits(fa_context *ctx, const fa_problem *p, fa_bwd_tiles t) {
     if (!p->opts.deterministic) return 0;
