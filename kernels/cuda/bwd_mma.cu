@@ -2,7 +2,8 @@
  * bwd_mma.cu — the sm_80+ tensor-core backward (FA2 structure, gpu_kernels.md §2).
  *
  *   fa_bwd_pre:      D_i = rowsum(dO_i * O_i), dq_accum zeroed (fa_bwd.cuh)
- *   fa_bwd_mma:      a CTA owns BN = 16 * FA_NWARPS keys of one kv head; warp w owns keys
+ *   fa_bwd_mma:      a CTA owns key tiles of BN = 16 * FA_NWARPS keys of one kv head (one
+ *                    tile; or, deterministic, every p.num_splits-th); warp w owns keys
  *                    [16 w, 16 w + 16). K_j, V_j stay in shared memory, dK_j, dV_j in f32
  *                    registers. The CTA walks the query blocks of BM rows that can see its keys,
  *                    for every query head of the GQA group (so dK/dV have one writer), and per
@@ -10,14 +11,17 @@
  *                      S^T = K Q^T, P^T = exp2(S^T * scale_log2 - lse * log2e)   (masked -> 0)
  *                      dP^T = V dO^T, dS^T = P^T (dP^T - D)                       (registers)
  *                      dV += P^T dO, dK += dS^T Q        (P^T, dS^T are the A operands in place)
- *                      dQ_i += dS K      (dS through shared memory, f32 vector reductions,
- *                                         in the next iteration, after its barrier)
+ *                      dQ_i += dS K      (dS through shared memory, f32 vector reductions
+ *                                         or, deterministic, load-add-store into the CTA's
+ *                                         own dq_accum slice; in the next iteration, after
+ *                                         its barrier)
  *                    Q_i, dO_i (and lse_i, D_i) of the next block load by cp.async into a second
  *                    buffer while this one is computed.
- *   fa_bwd_dq:       dq = dq_accum * scale (fa_bwd.cuh)
+ *   fa_bwd_dq:       dq = dq_accum (slices summed in order) * scale (fa_bwd.cuh)
  *
- * The atomics make dq's last bits depend on the order CTAs finish: deterministic calls take
- * bwd_simt.cu.
+ * The reductions make dq's last bits depend on the order CTAs run. Deterministic calls (FA2's
+ * way, gpu_kernels.md §2) run p.num_splits CTAs per (kv head, batch) that stride over the key
+ * tiles, CTA x adding into slice x only; a runtime flag, so one variant serves both modes.
  *
  * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD, FA_HDV (head dims rounded up to 32, <= 128),
  * FA_BM (query rows per block), FA_NWARPS, FA_DROPOUT (0/1). BN = 16 * FA_NWARPS must be 1, 2
@@ -33,6 +37,8 @@
 #define SS_STRIDE (FA_BM + 8)
 #define DQ_WN (BN / FA_BM)      /* warps along the head dim of dQ = dS K */
 #define DQ_WIDTH (FA_HD / DQ_WN) /* head dims of dQ per warp */
+/* deterministic: C tiles of dQ whose prior sums load before the MMAs (32 registers at most) */
+#define DQ_PRE (DQ_WIDTH / 8 < 8 ? DQ_WIDTH / 8 : 8)
 
 #if BN % FA_BM != 0 || BN / FA_BM > 4
 #error "BN must be FA_BM, 2 * FA_BM or 4 * FA_BM"
@@ -123,16 +129,11 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
         pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
     }
 
-/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS:
- * warp -> 16 query rows x DQ_WIDTH dims; A = dS by ldmatrix.trans of sdS, B = K (keys x dims,
- * ldmatrix.trans). Lanes t, t ^ 1 then swap halves so that even t holds row g, odd t row g + 8,
- * each with 4 consecutive dims: one 16-byte reduction per tile instead of four scalar ones. */
-static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
-                                                 walk_pos w, const fa_u16 *sdS,
-                                                 const fa_u16 *sK) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
-    float acc_dq[DQ_WIDTH / 8][4];
+/* acc_dq (16 query rows from mrow x DQ_WIDTH dims from dim0, C layout) = dS K over the BN keys:
+ * A = dS by ldmatrix.trans of sdS (dS^T, keys x queries), B = K (keys x dims, ldmatrix.trans). */
+static __device__ __forceinline__ void dq_mma(float (*acc_dq)[4], const fa_u16 *sdS,
+                                              const fa_u16 *sK, int mrow, int dim0) {
+    const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int nt = 0; nt < DQ_WIDTH / 8; ++nt)
 #pragma unroll
@@ -153,17 +154,49 @@ static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const 
             fa_mma16816(acc_dq[2 * np + 1], a, bb[2], bb[3]);
         }
     }
+}
+
+/* Lanes t, t ^ 1 swap halves of a C tile c: even t gets row g, odd t row g + 8, each with the 4
+ * consecutive dims 8 nt + 2 (t & 2) .. + 3 in v. */
+static __device__ __forceinline__ void dq_quad(const float *c, bool odd, float *v) {
+    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+    v[0] = odd ? r0 : c[0], v[1] = odd ? r1 : c[1];
+    v[2] = odd ? c[2] : r0, v[3] = odd ? c[3] : r1;
+}
+
+/* dQ_i += dS K for block w, whose dS^T (BN keys x FA_BM queries, every warp's) is in sdS, into
+ * dq_accum slice `slice`: warp -> 16 query rows x DQ_WIDTH dims, one 16-byte add per lane and C
+ * tile (dq_quad). Every element of the block has one thread, fixed by (i mod FA_BM, dim), so
+ * deterministic calls add in place in program order; their loads of the prior sums are issued
+ * before the MMAs (two paths, so that the atomic one keeps its registers). */
+static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const fa_seq &s,
+                                                 walk_pos w, int slice, const fa_u16 *sdS,
+                                                 const fa_u16 *sK) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int mrow = (warp % (FA_BM / 16)) * 16, dim0 = (warp / (FA_BM / 16)) * DQ_WIDTH;
     const bool odd = t & 1;
     const int i = w.m0 + mrow + g + (odd ? 8 : 0);
-    float *row = dq_accum_row(p, s, i, w.h) + dim0 + 2 * (t & 2);
+    const bool in = i < s.seqlen_q;
+    float *row = dq_accum_split_row(p, s, i, w.h, slice) + dim0 + 2 * (t & 2);
+    float acc_dq[DQ_WIDTH / 8][4], v[4];
+    if (p.num_splits > 0) {
+        fa_f32x4 prior[DQ_PRE];
 #pragma unroll
-    for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
-        const float *c = acc_dq[nt];
-        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
-        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
-        if (i < s.seqlen_q) {
-            if (odd) fa_red_add4(row + nt * 8, r0, r1, c[2], c[3]);
-            else fa_red_add4(row + nt * 8, c[0], c[1], r0, r1);
+        for (int nt = 0; nt < DQ_PRE; ++nt) prior[nt] = dq_accum_prior(p, row + nt * 8, in);
+        dq_mma(acc_dq, sdS, sK, mrow, dim0);
+#pragma unroll
+        for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+            dq_quad(acc_dq[nt], odd, v);
+            const fa_f32x4 pr = nt < DQ_PRE ? prior[nt] : dq_accum_prior(p, row + nt * 8, in);
+            if (in) dq_accum_add4(p, row + nt * 8, pr, v[0], v[1], v[2], v[3]);
+        }
+    } else {
+        dq_mma(acc_dq, sdS, sK, mrow, dim0);
+#pragma unroll
+        for (int nt = 0; nt < DQ_WIDTH / 8; ++nt) {
+            dq_quad(acc_dq[nt], odd, v);
+            if (in) fa_red_add4(row + nt * 8, v[0], v[1], v[2], v[3]);
         }
     }
 }
@@ -186,21 +219,18 @@ static __device__ __forceinline__ void dq_update(const fa_attn_params &p, const 
         }                                                                                          \
     }
 
-/* grid (ceil(max s_k / BN), h_k, b), block NTHREADS, dynamic smem fa_bwd_mma_smem bytes:
- * sK (BN, SQ), sV (BN, SV), sQ 2 x (FA_BM, SQ), sdO 2 x (FA_BM, SV), sdS 2 x (BN, SS) 16-bit;
- * sL, sD 2 x FA_BM f32. Block it uses buffers it & 1; its dQ update runs in iteration it + 1,
- * after the one barrier per iteration has made every warp's dS^T visible. */
-extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
-fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
-    extern __shared__ __align__(16) fa_u16 smem[];
+/* Key tile [n0, n0 + BN) of kv head hk in sequence s: dK, dV written, dQ added into dq_accum
+ * slice `slice`. Shared memory (16-bit): sK (BN, SQ), sV (BN, SV), sQ 2 x (FA_BM, SQ), sdO
+ * 2 x (FA_BM, SV), sdS 2 x (BN, SS); sL, sD 2 x FA_BM f32. Block it uses buffers it & 1; its
+ * dQ update runs in iteration it + 1, after the one barrier per iteration has made every
+ * warp's dS^T visible. */
+static __device__ __forceinline__ void key_tile(const fa_attn_params &p, const fa_seq &s, int b,
+                                                int hk, int n0, int slice, fa_u16 *smem) {
     fa_u16 *sK = smem, *sV = sK + BN * SQ_STRIDE, *sQ0 = sV + BN * SV_STRIDE;
     fa_u16 *sdO0 = sQ0 + 2 * FA_BM * SQ_STRIDE, *sdS0 = sdO0 + 2 * FA_BM * SV_STRIDE;
     float *sL0 = (float *)(sdS0 + 2 * BN * SS_STRIDE), *sD0 = sL0 + 2 * FA_BM;
     const int Q_BUF = FA_BM * SQ_STRIDE, DO_BUF = FA_BM * SV_STRIDE, DS_BUF = BN * SS_STRIDE;
 
-    const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * BN;
-    const fa_seq s = fa_seq_of(p, b);
-    if (n0 >= s.seqlen_k) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int kw0 = warp * 16; /* this warp's first key within the tile */
     const int group = p.nheads / p.nheads_k, h0 = hk * group;
@@ -248,7 +278,7 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
             fa_cp_async_commit();
         }
         if (it > 0)
-            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), sdS0 + (buf ^ 1) * DS_BUF, sK);
+            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), slice, sdS0 + (buf ^ 1) * DS_BUF, sK);
 
         /* S^T = K Q^T and dP^T = V dO^T: (16 keys, FA_BM queries) per warp. */
         float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4];
@@ -283,8 +313,8 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
     }
     if (total > 0) {
         __syncthreads(); /* dS^T of the last block complete */
-        dq_update(p, s, walk_at(total - 1, nblk, m_begin, h0), sdS0 + ((total - 1) & 1) * DS_BUF,
-                  sK);
+        dq_update(p, s, walk_at(total - 1, nblk, m_begin, h0), slice,
+                  sdS0 + ((total - 1) & 1) * DS_BUF, sK);
     }
 
     /* dK = acc_dk * scale, dV = acc_dv; keys past the sequence are not written. */
@@ -297,4 +327,18 @@ fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
     fa_u16 *dk = (fa_u16 *)p.dk + dk0, *dv = (fa_u16 *)p.dv + dv0;
     STORE_ROWS(acc_dk, FA_HD / 8, p.d, dk, dk + 8 * p.dk_row_stride, ok0, ok8, p.scale);
     STORE_ROWS(acc_dv, FA_HDV / 8, p.d_v, dv, dv + 8 * p.dv_row_stride, ok0, ok8, 1.f);
+}
+
+/* grid (tiles, h_k, b), block NTHREADS, dynamic smem fa_bwd_mma_smem bytes. p.num_splits == 0:
+ * a CTA per key tile (tiles = ceil(max s_k / BN)), dQ by reductions into the one slice.
+ * Deterministic: tiles = p.num_splits, CTA x takes key tiles x, x + tiles, ... and owns slice x. */
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
+fa_bwd_mma(const __grid_constant__ fa_attn_params p) {
+    extern __shared__ __align__(16) fa_u16 smem[];
+    const int b = blockIdx.z, hk = blockIdx.y, slice = p.num_splits > 0 ? blockIdx.x : 0;
+    const fa_seq s = fa_seq_of(p, b);
+    for (int n0 = blockIdx.x * BN; n0 < s.seqlen_k; n0 += gridDim.x * BN) {
+        if (n0 != blockIdx.x * BN) __syncthreads(); /* the last tile's dQ update is done with sK */
+        key_tile(p, s, b, hk, n0, slice, smem);
+    }
 }

@@ -2,10 +2,16 @@
  * fa_bwd.cuh — what the tensor-core backwards share (bwd_mma.cu, and bwd_wgmma.cu on sm_90a):
  *
  *   fa_bwd_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
- *   fa_bwd_dq:   dq = dq_accum * scale in the output dtype and strides
+ *   dq_accum_prior, dq_accum_add4: a thread's dQ contribution into dq_accum (atomic or deterministic)
+ *   fa_bwd_dq:   dq = dq_accum (slices summed) * scale in the output dtype and strides
  *   bwd_p_ds:    a transposed score tile (keys x queries, mma.sync C layout) -> P~^T and dS^T
  *
- * dq_accum is f32 (total_q rows, h, FA_HD), row R = q_batch * seqlen_q + q_row0 + i.
+ * dq_accum is f32 (slices, total_q rows, h, FA_HD), row R = q_batch * seqlen_q + q_row0 + i.
+ * p.num_splits == 0: one slice, which the CTAs add into by f32 reductions in whatever order
+ * they run (dq's last bits vary). Deterministic, p.num_splits = n >= 1: n slices
+ * p.dq_accum_split_stride apart; slice x belongs to CTA x of the key-tile split, and each of
+ * its elements to one thread, which adds by plain load-add-store in program order; fa_bwd_dq
+ * sums the slices in the order 0..n-1. Same inputs, same bits.
  * Dropout and softcap follow bwd_simt.cu's math: dV uses P * keep / (1 - p), dS = P (dP - D)
  * with dP = keep * dO.V / (1 - p), times softcap's derivative 1 - tanh^2.
  */
@@ -21,13 +27,51 @@ static __device__ __forceinline__ fa_i64 sd_offset(const fa_attn_params &p, cons
     return s.q_batch * p.sd_batch_stride + (fa_i64)h * p.sd_head_stride + s.q_row0 + i;
 }
 
-/* Row i of head h in dq_accum: (total_q, h, FA_HD) f32. */
-static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, const fa_seq &s,
-                                                      int i, int h) {
-    return p.dq_accum + ((s.q_batch * p.seqlen_q + s.q_row0 + i) * p.nheads + h) * (fa_i64)FA_HD;
+/* Slices of dq_accum: p.num_splits when deterministic, else the one shared slice. */
+static __device__ __forceinline__ int dq_accum_slices(const fa_attn_params &p) {
+    return p.num_splits > 0 ? p.num_splits : 1;
 }
 
-/* One warp per row: D_i = rowsum(dO_i * O_i), and dq_accum row i of head h zeroed.
+/* Row i of head h in slice x of dq_accum: (slices, total_q, h, FA_HD) f32. */
+static __device__ __forceinline__ float *dq_accum_split_row(const fa_attn_params &p,
+                                                            const fa_seq &s, int i, int h, int x) {
+    return p.dq_accum + x * p.dq_accum_split_stride +
+           ((s.q_batch * p.seqlen_q + s.q_row0 + i) * p.nheads + h) * (fa_i64)FA_HD;
+}
+
+/* Row i of head h in slice 0. */
+static __device__ __forceinline__ float *dq_accum_row(const fa_attn_params &p, const fa_seq &s,
+                                                      int i, int h) {
+    return dq_accum_split_row(p, s, i, h, 0);
+}
+
+struct __align__(16) fa_f32x4 {
+    float x, y, z, w;
+};
+
+/* Deterministic calls add in place: a thread loads the partial sums of its 4 elements first
+ * (dq_accum_prior, 16-byte aligned src; zeros where !in), early enough for the load to hide
+ * under its MMAs, and dq_accum_add4 stores prior + v. Otherwise prior is zeros, unread, and
+ * dq_accum_add4 is an f32 vector reduction into the one slice. */
+static __device__ __forceinline__ fa_f32x4 dq_accum_prior(const fa_attn_params &p,
+                                                          const float *src, bool in) {
+    fa_f32x4 prior = {0.f, 0.f, 0.f, 0.f};
+    if (p.num_splits > 0 && in) prior = *(const fa_f32x4 *)src;
+    return prior;
+}
+
+static __device__ __forceinline__ void dq_accum_add4(const fa_attn_params &p, float *dst,
+                                                     fa_f32x4 prior, float v0, float v1,
+                                                     float v2, float v3) {
+    if (p.num_splits == 0) {
+        fa_red_add4(dst, v0, v1, v2, v3);
+        return;
+    }
+    prior.x += v0, prior.y += v1, prior.z += v2, prior.w += v3;
+    *(fa_f32x4 *)dst = prior;
+}
+
+/* One warp per row: D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.
  * grid (ceil(max s_q / FA_BWD_AUX_WARPS), h, b), block 32 * FA_BWD_AUX_WARPS. */
 extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
 fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
@@ -42,11 +86,12 @@ fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
     D = fa_warp_sum(D);
     if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
     float *acc = dq_accum_row(p, s, i, h);
+    for (int x = 0; x < dq_accum_slices(p); ++x)
 #pragma unroll
-    for (int c = lane; c < FA_HD; c += 32) acc[c] = 0.f;
+        for (int c = lane; c < FA_HD; c += 32) acc[x * p.dq_accum_split_stride + c] = 0.f;
 }
 
-/* One warp per row: dq = dq_accum * scale. grid as fa_bwd_pre. */
+/* One warp per row: dq = (sum of the dq_accum slices, in order) * scale. grid as fa_bwd_pre. */
 extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
 fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
     const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
@@ -55,7 +100,11 @@ fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
     if (i >= s.seqlen_q) return;
     const float *acc = dq_accum_row(p, s, i, h);
     fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
-    for (int c = lane; c < p.d; c += 32) dq[c] = fa_from_float(acc[c] * p.scale);
+    for (int c = lane; c < p.d; c += 32) {
+        float sum = acc[c];
+        for (int x = 1; x < dq_accum_slices(p); ++x) sum += acc[x * p.dq_accum_split_stride + c];
+        dq[c] = fa_from_float(sum * p.scale);
+    }
 }
 
 /* Is key tile [n0, n0 + bn) visible, whole, from every row of [m0, m_last]? Then no mask. */

@@ -1,9 +1,14 @@
 /*
- * bwd.c — the backward. f16/bf16 with head dims <= 128 and deterministic off take the
- * tensor-core kernels (bwd_mma.cu: softmax_d and dq_accum zeroed, dK/dV per key tile with dQ
- * accumulated by f32 atomics into the workspace, dq converted). Everything else (f32, head dims
- * over 128, deterministic) takes the SIMT kernels (bwd_simt.cu): softmax_d, then dK/dV with one
- * writer per key and dQ with one writer per row — no atomics, no workspace, bit-reproducible.
+ * bwd.c — the backward. f16/bf16 with head dims <= 128 take the tensor-core kernels (bwd_mma.cu:
+ * softmax_d and dq_accum zeroed, dK/dV per key tile with dQ added into the f32 workspace
+ * dq_accum, dq converted). Not deterministic: a CTA per key tile, dQ by f32 atomics into one
+ * dq_accum. Deterministic (FA2's way): dq_splits CTAs per (kv head, batch) stride over the key
+ * tiles, each adding its dQ into its own dq_accum slice with plain stores, and the slices are
+ * summed in a fixed order: bit-reproducible. On sm_90a, plain non-deterministic calls at head
+ * dims 64 and 128 take bwd_wgmma.cu instead of bwd_mma.cu (same workspace, same pre/dq
+ * kernels). f32 and head dims over 128 take the SIMT kernels
+ * (bwd_simt.cu): softmax_d, then dK/dV with one writer per key and dQ with one writer per row;
+ * no atomics, no workspace, bit-reproducible in both modes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -13,19 +18,46 @@
 /* Whether the tensor-core kernels run this call (else the SIMT ones). */
 static bool use_mma(const fa_problem *p) {
     return (p->dtype == FA_DTYPE_F16 || p->dtype == FA_DTYPE_BF16) && p->d <= 128 &&
-           p->d_v <= 128 && !p->opts.deterministic;
+           p->d_v <= 128;
 }
 
 static int64_t total_q_rows(const fa_problem *p, const fa_bwd_args *a) {
     return p->varlen ? a->q.shape[0] : a->q.shape[0] * a->q.shape[1];
 }
 
-/* dq_accum: f32 (total_q, h, round32(d)) for the tensor-core path, nothing for SIMT. */
+static fa_bwd_tiles tiles_of(fa_context *ctx, const fa_problem *p) {
+    return fa_bwd_mma_tiles(fa_round_hd(p->d), fa_round_hd(p->d_v),
+                            fa_cuda_state_of(ctx)->smem_optin);
+}
+
+/* Deterministic calls: CTAs per (kv head, batch), each with its own dq_accum slice; 0 when not
+ * deterministic (a CTA per key tile, one shared slice). opts.num_splits forces it; else as many
+ * as run at once: SMs x CTAs per SM over b * h_k (CTAs per SM by shared memory, threads and 255
+ * registers a thread: ptxas gives the 8-warp tiles 208..255, so one CTA per SM). FA2 rounds
+ * that quotient up, which with one CTA per SM starts a short second wave: b h_k = 64 on 132
+ * SMs runs 3 splits as 192 CTAs of s_k / 3 keys in two waves, against 2 splits as 128 CTAs of
+ * s_k / 2 in one. At most one split per key tile. */
+static int dq_splits(fa_context *ctx, const fa_problem *p, fa_bwd_tiles t) {
+    if (!p->opts.deterministic) return 0;
+    const fa_cuda_state *state = fa_cuda_state_of(ctx);
+    const int64_t threads = 32 * t.nwarps;
+    int64_t per_sm = (state->smem_optin + 1024) /
+                     ((int64_t)fa_bwd_mma_smem(fa_round_hd(p->d), fa_round_hd(p->d_v), t) + 1024);
+    if (per_sm > 2048 / threads) per_sm = 2048 / threads;
+    if (per_sm > 65536 / (256 * threads)) per_sm = 65536 / (256 * threads);
+    const int64_t pairs = p->batch * p->nheads_k > 0 ? p->batch * p->nheads_k : 1;
+    int64_t n = p->opts.num_splits > 0 ? p->opts.num_splits : state->sm_count * per_sm / pairs;
+    const int64_t tiles = (p->max_seqlen_k + 16 * t.nwarps - 1) / (16 * t.nwarps);
+    if (n > tiles) n = tiles;
+    return n < 1 ? 1 : (int)n;
+}
+
+/* dq_accum: f32 (slices, total_q, h, round32(d)) for the tensor-core path, nothing for SIMT. */
 fa_status fa_cuda_bwd_workspace(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a,
                                 size_t *bytes) {
-    (void)ctx;
-    *bytes = use_mma(p) ? (size_t)total_q_rows(p, a) * (size_t)p->nheads *
-                              (size_t)fa_round_hd(p->d) * sizeof(float)
+    const int splits = use_mma(p) ? dq_splits(ctx, p, tiles_of(ctx, p)) : 0;
+    *bytes = use_mma(p) ? (size_t)(splits > 0 ? splits : 1) * (size_t)total_q_rows(p, a) *
+                              (size_t)p->nheads * (size_t)fa_round_hd(p->d) * sizeof(float)
                         : 0;
     return FA_OK;
 }
@@ -80,23 +112,23 @@ static bool vector_io(const fa_problem *p, const fa_bwd_args *a) {
 }
 
 /* The sm_90a wgmma kernel (bwd_wgmma.cu) takes compute capability 9.0 with d = d_v rounding to
- * 64 or 128, 16-byte aligned rows and plain scores (no softcap, ALiBi or dropout).
- * FLASHATTN_CUDA_BWD_WGMMA=0 turns it off (tuning experiments only). */
+ * 64 or 128, 16-byte aligned rows, plain scores (no softcap, ALiBi or dropout) and
+ * deterministic off. FLASHATTN_CUDA_BWD_WGMMA=0 turns it off (tuning experiments only). */
 static bool use_wgmma(const fa_cuda_state *st, const fa_problem *p, const fa_attn_params *params) {
     const int hd = fa_round_hd(p->d);
     const char *env = getenv("FLASHATTN_CUDA_BWD_WGMMA");
     return st->cc == 90 && p->d == p->d_v && (hd == 64 || hd == 128) && params->vec_io &&
            p->softcap == 0.f && !params->alibi && p->dropout_p == 0.f &&
-           (int)fa_bwd_wgmma_smem(hd) <= st->smem_optin && !(env && strcmp(env, "0") == 0);
+           params->num_splits == 0 && (int)fa_bwd_wgmma_smem(hd) <= st->smem_optin &&
+           !(env && strcmp(env, "0") == 0);
 }
 
 /* softmax_d and zeroed dq_accum, dK/dV (+ dq_accum) by bwd_wgmma.cu or bwd_mma.cu, dq.
- * Context current. */
-static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params) {
+ * Context current; params->num_splits set (dq_splits). */
+static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_params *params,
+                         fa_bwd_tiles t) {
     const int hd = fa_round_hd(p->d), hdv = fa_round_hd(p->d_v);
-    const fa_cuda_state *st = fa_cuda_state_of(ctx);
-    const bool wgmma = use_wgmma(st, p, params);
-    const fa_bwd_tiles t = fa_bwd_mma_tiles(hd, hdv, st->smem_optin);
+    const bool wgmma = use_wgmma(fa_cuda_state_of(ctx), p, params);
     fa_launch l;
     memset(&l, 0, sizeof l);
     l.program = wgmma ? "bwd_wgmma.cu" : "bwd_mma.cu";
@@ -113,7 +145,9 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
     if (status == FA_OK) {
         l.kernel = wgmma ? "fa_bwd_wgmma" : "fa_bwd_mma";
         l.block = wgmma ? 256u : 32u * (unsigned)t.nwarps;
-        l.grid[0] = ceil_div(p->max_seqlen_k, wgmma ? 128 : 16 * t.nwarps);
+        l.grid[0] = wgmma                    ? ceil_div(p->max_seqlen_k, 128)
+                    : params->num_splits > 0 ? (unsigned)params->num_splits
+                                             : ceil_div(p->max_seqlen_k, 16 * t.nwarps);
         l.grid[1] = (unsigned)p->nheads_k;
         l.smem = wgmma ? fa_bwd_wgmma_smem(hd) : fa_bwd_mma_smem(hd, hdv, t);
         status = fa_cuda_launch(ctx, &l, params);
@@ -136,11 +170,14 @@ fa_status fa_cuda_bwd(fa_context *ctx, const fa_problem *p, const fa_bwd_args *a
     if (use_mma(p)) {
         FA_RETURN_IF((uintptr_t)ws % 16 != 0, FA_ERR_INVALID_ARGUMENT,
                      "workspace must be 16-byte aligned for the cuda backward (got %p)", ws);
+        const fa_bwd_tiles t = tiles_of(ctx, p);
         params.dq_accum = (float *)ws;
+        params.num_splits = dq_splits(ctx, p, t);
+        params.dq_accum_split_stride = params.total_q * p->nheads * fa_round_hd(p->d);
         params.vec_io = vector_io(p, a);
         fa_cuda_scope scope;
         FA_FORWARD_IF(fa_cuda_enter(ctx, &scope));
-        const fa_status status = bwd_mma(ctx, p, &params);
+        const fa_status status = bwd_mma(ctx, p, &params, t);
         fa_cuda_leave(&scope);
         return status;
     }

@@ -62,14 +62,14 @@ int random_case_count(int dflt) {
 void cfg_describe(const cfg *c, char *buf, size_t n) {
     snprintf(buf, n,
              "%s b%lld sq%lld sk%lld h%lld/%lld d%lld/%lld pad%d%s%s win(%d,%d)%s%s%s%s%s%s%s "
-             "page%d",
+             "page%d%s splits%d",
              dtype_name(c->dtype), (long long)c->batch, (long long)c->s_q, (long long)c->s_k,
              (long long)c->h, (long long)c->h_k, (long long)c->d, (long long)c->d_v, c->pad,
              c->scale != 0 ? " scale" : "", c->causal ? " causal" : "", c->wl, c->wr,
              c->softcap > 0 ? " softcap" : "", c->alibi == 1 ? " alibi(h)" : c->alibi == 2 ? " alibi(b,h)" : "",
              c->dropout > 0 ? " dropout" : "", c->varlen ? " varlen" : "",
              c->seqused ? " seqused" : "", c->leftpad ? " leftpad" : "", c->probs ? " probs" : "",
-             c->page_size);
+             c->page_size, c->deterministic ? " deterministic" : "", c->num_splits);
 }
 
 /* ---------------------------------------------------------------- building a case */
@@ -147,6 +147,8 @@ fcase case_make(const cfg *c) {
     o->dropout_p = c->dropout;
     o->rng_seed = c->seed ? c->seed : rng_u64();
     o->rng_offset = rng_u64() >> rng_int(0, 63);
+    o->deterministic = c->deterministic;
+    o->num_splits = c->num_splits;
 
     fa_fwd_args *f = &fc.f;
     memset(f, 0, sizeof *f);

@@ -27,6 +27,8 @@ typedef struct cfg {
     bool seqused, leftpad;
     int page_size;       /* > 0: paged k/v (varlen) */
     uint64_t seed;       /* dropout rng */
+    bool deterministic;  /* opts.deterministic */
+    int num_splits;      /* opts.num_splits (0 = heuristic) */
 } cfg;
 
 /* A random cfg over every axis (for the fwd; bwd = true keeps to what the backward takes:

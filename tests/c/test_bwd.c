@@ -2,7 +2,7 @@
  * test_bwd.c — fa_bwd against the float64 reference's gradients (flash-attn's 3x rule, cases.h)
  * over lengths, head dims, GQA, dtypes and every option; central finite differences through
  * the library's f32 forward; gradients written into strided and packed views; deterministic
- * mode bit-identical across runs; thread counts agreeing.
+ * mode bit-identical across runs and accurate; thread counts agreeing.
  */
 #include <math.h>
 #include <stdio.h>
@@ -176,14 +176,30 @@ static void test_finite_differences(void) {
     fd_library(&c);
 }
 
-/* deterministic = true: bit-identical gradients run after run, with several threads. */
+/* deterministic = true: bit-identical gradients run after run, with several threads. The cuda
+ * tensor-core path (f16/bf16, d <= 128) splits the key tiles (128 or 64 keys) over num_splits
+ * CTAs per (kv head, batch): the forced splits and the wide b * h_k case (a few splits on any
+ * GPU) leave some CTA several tiles; the last case is GQA + causal + varlen at odd sizes. */
 static void test_deterministic(void) {
+    cfg cases[7];
     for (int t = 0; t < 3; ++t) {
-        cfg c = cfg_basic(k_dtypes[t], 2, 190, 170, 6, 2, 64, 64);
-        c.varlen = t == 2;
-        c.causal = t == 1;
+        cases[t] = cfg_basic(k_dtypes[t], 2, 190, 170, 6, 2, 64, 64);
+        cases[t].varlen = t == 2;
+        cases[t].causal = t == 1;
+    }
+    cases[3] = cfg_basic(FA_DTYPE_F16, 1, 150, 700, 4, 1, 64, 64);
+    cases[3].num_splits = 3;
+    cases[4] = cfg_basic(FA_DTYPE_BF16, 4, 65, 401, 20, 10, 32, 32);
+    cases[5] = cfg_basic(FA_DTYPE_F16, 2, 97, 333, 4, 2, 128, 128);
+    cases[5].num_splits = 2, cases[5].wl = 100, cases[5].wr = 20;
+    cases[6] = cfg_basic(FA_DTYPE_BF16, 3, 211, 333, 6, 2, 59, 59);
+    cases[6].num_splits = 2, cases[6].causal = true, cases[6].varlen = true;
+    for (int n = 0; n < 7; ++n) {
+        cfg c = cases[n];
+        c.deterministic = true;
+        char desc[256];
+        cfg_describe(&c, desc, sizeof desc);
         fcase fc = case_make(&c);
-        fc.o.deterministic = true;
         if (!case_run_fwd(&fc, test_ctx()) || !case_run_bwd(&fc, test_ctx_threads(3))) {
             case_free(&fc);
             continue;
@@ -194,11 +210,34 @@ static void test_deterministic(void) {
             const tt *now[3] = {&fc.dq, &fc.dk, &fc.dv};
             for (int i = 0; i < 3; ++i)
                 CHECK(tt_bits_equal(&first[i].v, &now[i]->v),
-                      "%s: deterministic d%c changed on run %d (max diff %.3g)", dtype_name(c.dtype),
-                      "qkv"[i], run + 2, max_abs_diff(&first[i].v, &now[i]->v));
+                      "%s: deterministic d%c changed on run %d (max diff %.3g)", desc, "qkv"[i],
+                      run + 2, max_abs_diff(&first[i].v, &now[i]->v));
         }
         for (int i = 0; i < 3; ++i) tt_free(&first[i]);
         case_free(&fc);
+    }
+}
+
+/* deterministic = true against the float64 reference: f16/bf16 (the cuda tensor-core split
+ * path) over head dims, GQA, every option, varlen, and forced splits with several key tiles
+ * per CTA. */
+static void test_deterministic_grid(void) {
+    const int64_t dims[4] = {32, 59, 64, 128};
+    for (int i = 0; i < 8; ++i) {
+        if (test_quick() && i % 2) continue;
+        const int64_t d = dims[i % 4];
+        cfg c = cfg_basic(k_dtypes[1 + i % 2], 2, 17 + 9 * i, 260 + 23 * i, 4, i < 4 ? 2 : 1,
+                          d, i == 3 ? 96 : d);
+        c.deterministic = true;
+        c.num_splits = i % 3; /* 0: the SM-count rule */
+        c.causal = i % 3 == 1;
+        c.varlen = i == 2 || i == 5;
+        if (i == 1) c.wl = 90, c.wr = 7;
+        if (i == 4) c.softcap = 20.0f;
+        if (i == 5) c.alibi = 2;
+        if (i == 6) c.dropout = 0.15f;
+        if (i == 7) c.pad = 3, c.scale = 0.3f;
+        case_check_bwd(&c);
     }
 }
 
@@ -233,6 +272,7 @@ static void test_threads_agree(void) {
 static void test_random_configs(void) {
     for (int i = random_case_count(16); i > 0; --i) {
         cfg c = cfg_random(true);
+        c.deterministic = i % 2;
         case_check_bwd(&c);
     }
 }
@@ -281,6 +321,7 @@ int main(int argc, char **argv) {
         {"packed_views", test_packed_views},
         {"finite_differences", test_finite_differences},
         {"deterministic", test_deterministic},
+        {"deterministic_grid", test_deterministic_grid},
         {"threads_agree", test_threads_agree},
         {"random_configs", test_random_configs},
         {"isa_grid", test_isa_grid},
