@@ -71,7 +71,23 @@ static __device__ __forceinline__ void dq_accum_add4(const fa_attn_params &p, fl
     *(fa_f32x4 *)dst = prior;
 }
 
-/* One warp per row: D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.
+/* Elements c..c+7 of a row of n (zeros past n) as floats: one 16-byte load when vec (rows
+ * 16-byte aligned, n % 8 == 0). */
+static __device__ __forceinline__ void load8f(const fa_u16 *row, int c, int n, bool vec,
+                                              float *x) {
+    fa_u16 e[8];
+    if (vec) {
+        *(uint4 *)e = *(const uint4 *)(row + c);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) e[k] = c + k < n ? row[c + k] : (fa_u16)0;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = fa_to_float(e[k]);
+}
+
+/* One warp per row, lane l on elements 8l.. (16-byte accesses: these kernels are bandwidth
+ * bound): D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.
  * grid (ceil(max s_q / FA_BWD_AUX_WARPS), h, b), block 32 * FA_BWD_AUX_WARPS. */
 extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
 fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
@@ -82,16 +98,24 @@ fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
     const fa_u16 *o = (const fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
     const fa_u16 *d_o = (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, i, h, do);
     float D = 0.f;
-    for (int c = lane; c < p.d_v; c += 32) D += fa_to_float(o[c]) * fa_to_float(d_o[c]);
+    for (int c = 8 * lane; c < p.d_v; c += 256) {
+        float x[8], y[8];
+        load8f(o, c, p.d_v, p.vec_io, x);
+        load8f(d_o, c, p.d_v, p.vec_io, y);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) D = fmaf(x[k], y[k], D);
+    }
     D = fa_warp_sum(D);
     if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
-    float *acc = dq_accum_row(p, s, i, h);
+    float *acc = dq_accum_row(p, s, i, h); /* rows of FA_HD floats: 16-byte aligned */
     for (int x = 0; x < dq_accum_slices(p); ++x)
 #pragma unroll
-        for (int c = lane; c < FA_HD; c += 32) acc[x * p.dq_accum_split_stride + c] = 0.f;
+        for (int c = 4 * lane; c < FA_HD; c += 128)
+            *(float4 *)(acc + x * p.dq_accum_split_stride + c) = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
-/* One warp per row: dq = (sum of the dq_accum slices, in order) * scale. grid as fa_bwd_pre. */
+/* One warp per row, lane l on elements 4l..: dq = (sum of the dq_accum slices, in order) *
+ * scale. grid as fa_bwd_pre. */
 extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
 fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
     const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
@@ -100,10 +124,20 @@ fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
     if (i >= s.seqlen_q) return;
     const float *acc = dq_accum_row(p, s, i, h);
     fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
-    for (int c = lane; c < p.d; c += 32) {
-        float sum = acc[c];
-        for (int x = 1; x < dq_accum_slices(p); ++x) sum += acc[x * p.dq_accum_split_stride + c];
-        dq[c] = fa_from_float(sum * p.scale);
+    for (int c = 4 * lane; c < p.d; c += 128) {
+        float4 sum = *(const float4 *)(acc + c);
+        for (int x = 1; x < dq_accum_slices(p); ++x) {
+            const float4 part = *(const float4 *)(acc + x * p.dq_accum_split_stride + c);
+            sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
+        }
+        const float v[4] = {sum.x * p.scale, sum.y * p.scale, sum.z * p.scale, sum.w * p.scale};
+        if (p.vec_io) { /* d % 8 == 0: all 4 exist; 8-byte aligned */
+            *(uint2 *)(dq + c) = make_uint2(fa_pack2(v[0], v[1]), fa_pack2(v[2], v[3]));
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (c + k < p.d) dq[c + k] = fa_from_float(v[k]);
+        }
     }
 }
 
