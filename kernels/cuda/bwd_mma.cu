@@ -278,7 +278,8 @@ static __device__ __forceinline__ void key_tile(const fa_attn_params &p, const f
             fa_cp_async_commit();
         }
         if (it > 0)
-            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), slice, sdS0 + (buf ^ 1) * DS_BUF, sK);
+            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), slice,
+                      sdS0 + (buf ^ 1) * DS_BUF, sK);
 
         /* S^T = K Q^T and dP^T = V dO^T: (16 keys, FA_BM queries) per warp. */
         float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4];

@@ -2,7 +2,7 @@
  * fa_bwd.cuh — what the tensor-core backwards share (bwd_mma.cu, and bwd_wgmma.cu on sm_90a):
  *
  *   fa_bwd_pre:  D_i = rowsum(dO_i * O_i) -> softmax_d, and dq_accum rows zeroed
- *   dq_accum_prior, dq_accum_add4: a thread's dQ contribution into dq_accum (atomic or deterministic)
+ *   dq_accum_prior, dq_accum_add4: a thread's dQ into dq_accum (atomic or deterministic)
  *   fa_bwd_dq:   dq = dq_accum (slices summed) * scale in the output dtype and strides
  *   bwd_p_ds:    a transposed score tile (keys x queries, mma.sync C layout) -> P~^T and dS^T
  *
