@@ -60,18 +60,6 @@ static __device__ __forceinline__ void load_tile(fa_u16 *dst, int sstride, const
     }
 }
 
-/* Query block it of the CTA's walk: its head (of the group) and first row. */
-struct walk_pos {
-    int h, m0;
-};
-
-static __device__ __forceinline__ walk_pos walk_at(int it, int nblk, int m_begin, int h0) {
-    walk_pos w;
-    w.h = h0 + it / nblk;
-    w.m0 = (m_begin + it % nblk) * FA_BM;
-    return w;
-}
-
 /* Q, dO rows [m0, m0 + FA_BM) of head h -> sQ, sdO (cp.async, not waited); lse * log2e and D
  * -> sL, sD (plain stores; +inf and 0 past the sequence, so those rows get P = 0). */
 static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, const fa_seq &s,
@@ -233,16 +221,8 @@ static __device__ __forceinline__ void key_tile(const fa_attn_params &p, const f
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int kw0 = warp * 16; /* this warp's first key within the tile */
-    const int group = p.nheads / p.nheads_k, h0 = hk * group;
-
-    /* Query rows that see some key of the tile: i in [j - diag0 - right, j - diag0 + left]. */
-    const int diag0 = s.seqlen_k - s.seqlen_q, n_last = min(n0 + BN, s.seqlen_k) - 1;
-    const int i_begin = p.window_right < 0 ? 0 : max(0, n0 - diag0 - p.window_right);
-    const int i_end = p.window_left < 0 ? s.seqlen_q
-                                        : min(s.seqlen_q, n_last - diag0 + p.window_left + 1);
-    const int m_begin = i_begin / FA_BM;
-    const int nblk = i_end > i_begin ? (i_end + FA_BM - 1) / FA_BM - m_begin : 0;
-    const int total = nblk * group; /* (head, query block) pairs, head-major */
+    const bwd_walk wk = bwd_walk_of(p, s, hk, n0, BN);
+    const int total = wk.total;
 
     float acc_dk[FA_HD / 8][4], acc_dv[FA_HDV / 8][4];
 #pragma unroll
@@ -260,25 +240,25 @@ static __device__ __forceinline__ void key_tile(const fa_attn_params &p, const f
                   p.k_row_stride, BN, n_keys, FA_HD, p.d, p.vec_io);
         load_tile(sV, SV_STRIDE, (const fa_u16 *)p.v + fa_kv_offset(p, s, n0, hk, 1),
                   p.v_row_stride, BN, n_keys, FA_HDV, p.d_v, p.vec_io);
-        load_q_block(p, s, walk_at(0, nblk, m_begin, h0), sQ0, sdO0, sL0, sD0);
+        load_q_block(p, s, walk_at(wk, 0), sQ0, sdO0, sL0, sD0);
         fa_cp_async_commit();
     }
 
     for (int it = 0, buf = 0; it < total; ++it, buf ^= 1) {
-        const walk_pos w = walk_at(it, nblk, m_begin, h0);
+        const walk_pos w = walk_at(wk, it);
         const fa_u16 *sQ = sQ0 + buf * Q_BUF, *sdO = sdO0 + buf * DO_BUF;
         const float *sL = sL0 + buf * FA_BM, *sD = sD0 + buf * FA_BM;
         fa_cp_async_wait_all();
         __syncthreads(); /* block it in shared memory, dS^T of block it - 1 complete; every
                           * warp done with block it - 1 and the dQ update of block it - 2 */
         if (it + 1 < total) {
-            load_q_block(p, s, walk_at(it + 1, nblk, m_begin, h0), sQ0 + (buf ^ 1) * Q_BUF,
+            load_q_block(p, s, walk_at(wk, it + 1), sQ0 + (buf ^ 1) * Q_BUF,
                          sdO0 + (buf ^ 1) * DO_BUF, sL0 + (buf ^ 1) * FA_BM,
                          sD0 + (buf ^ 1) * FA_BM);
             fa_cp_async_commit();
         }
         if (it > 0)
-            dq_update(p, s, walk_at(it - 1, nblk, m_begin, h0), slice,
+            dq_update(p, s, walk_at(wk, it - 1), slice,
                       sdS0 + (buf ^ 1) * DS_BUF, sK);
 
         /* S^T = K Q^T and dP^T = V dO^T: (16 keys, FA_BM queries) per warp. */
@@ -314,7 +294,7 @@ static __device__ __forceinline__ void key_tile(const fa_attn_params &p, const f
     }
     if (total > 0) {
         __syncthreads(); /* dS^T of the last block complete */
-        dq_update(p, s, walk_at(total - 1, nblk, m_begin, h0), slice,
+        dq_update(p, s, walk_at(wk, total - 1), slice,
                   sdS0 + ((total - 1) & 1) * DS_BUF, sK);
     }
 

@@ -20,7 +20,6 @@
 
 #include "fa_mma.cuh"
 
-#define FA_BWD_AUX_WARPS 4 /* rows (one per warp) of a pre / dq block */
 
 static __device__ __forceinline__ fa_i64 sd_offset(const fa_attn_params &p, const fa_seq &s, int i,
                                                    int h) {
@@ -86,45 +85,57 @@ static __device__ __forceinline__ void load8f(const fa_u16 *row, int c, int n, b
     for (int k = 0; k < 8; ++k) x[k] = fa_to_float(e[k]);
 }
 
-/* One warp per row, lane l on elements 8l.. (16-byte accesses: these kernels are bandwidth
- * bound): D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.
- * grid (ceil(max s_q / FA_BWD_AUX_WARPS), h, b), block 32 * FA_BWD_AUX_WARPS. */
-extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
+/* The aux kernels: 8 lanes per row, FA_BWD_AUX_ROWS rows per block of 128 threads. Row
+ * blockIdx.x FA_BWD_AUX_ROWS + threadIdx.x / 8 of head blockIdx.y of sequence blockIdx.z; its
+ * lane l (0..7) moves 16-byte pieces 8l, 8l + 64, ... (these kernels are bandwidth bound). */
+#define AUX_LANES 8
+
+/* Sum over the 8 lanes of a row (mask: those lanes; other rows' lanes may have left). */
+static __device__ __forceinline__ float aux_row_sum(float x) {
+    const unsigned mask = 0xffu << (threadIdx.x & 24);
+    x += __shfl_xor_sync(mask, x, 4);
+    x += __shfl_xor_sync(mask, x, 2);
+    return x + __shfl_xor_sync(mask, x, 1);
+}
+
+/* D_i = rowsum(dO_i * O_i), and row i of head h zeroed in every dq_accum slice.
+ * grid (ceil(max s_q / FA_BWD_AUX_ROWS), h, b), block 128. */
+extern "C" __global__ void __launch_bounds__(128)
 fa_bwd_pre(const __grid_constant__ fa_attn_params p) {
-    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
-    const int i = blockIdx.x * FA_BWD_AUX_WARPS + (threadIdx.x >> 5);
+    const int b = blockIdx.z, h = blockIdx.y, l = threadIdx.x % AUX_LANES;
+    const int i = blockIdx.x * FA_BWD_AUX_ROWS + threadIdx.x / AUX_LANES;
     const fa_seq s = fa_seq_of(p, b);
     if (i >= s.seqlen_q) return;
     const fa_u16 *o = (const fa_u16 *)p.o + FA_ROW_OFFSET(p, s, i, h, o);
     const fa_u16 *d_o = (const fa_u16 *)p.dout + FA_ROW_OFFSET(p, s, i, h, do);
     float D = 0.f;
-    for (int c = 8 * lane; c < p.d_v; c += 256) {
+    for (int c = 8 * l; c < p.d_v; c += 8 * AUX_LANES) {
         float x[8], y[8];
         load8f(o, c, p.d_v, p.vec_io, x);
         load8f(d_o, c, p.d_v, p.vec_io, y);
 #pragma unroll
         for (int k = 0; k < 8; ++k) D = fmaf(x[k], y[k], D);
     }
-    D = fa_warp_sum(D);
-    if (lane == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
+    D = aux_row_sum(D);
+    if (l == 0) p.softmax_d[sd_offset(p, s, i, h)] = D;
     float *acc = dq_accum_row(p, s, i, h); /* rows of FA_HD floats: 16-byte aligned */
     for (int x = 0; x < dq_accum_slices(p); ++x)
 #pragma unroll
-        for (int c = 4 * lane; c < FA_HD; c += 128)
+        for (int c = 4 * l; c < FA_HD; c += 4 * AUX_LANES)
             *(float4 *)(acc + x * p.dq_accum_split_stride + c) = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
-/* One warp per row, lane l on elements 4l..: dq = (sum of the dq_accum slices, in order) *
- * scale. grid as fa_bwd_pre. */
-extern "C" __global__ void __launch_bounds__(32 * FA_BWD_AUX_WARPS)
+/* dq = (sum of the dq_accum slices, in order) * scale; lane l on elements 4l, 4l + 32, ...
+ * grid as fa_bwd_pre. */
+extern "C" __global__ void __launch_bounds__(128)
 fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
-    const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
-    const int i = blockIdx.x * FA_BWD_AUX_WARPS + (threadIdx.x >> 5);
+    const int b = blockIdx.z, h = blockIdx.y, l = threadIdx.x % AUX_LANES;
+    const int i = blockIdx.x * FA_BWD_AUX_ROWS + threadIdx.x / AUX_LANES;
     const fa_seq s = fa_seq_of(p, b);
     if (i >= s.seqlen_q) return;
     const float *acc = dq_accum_row(p, s, i, h);
     fa_u16 *dq = (fa_u16 *)p.dq + FA_ROW_OFFSET(p, s, i, h, dq);
-    for (int c = 4 * lane; c < p.d; c += 128) {
+    for (int c = 4 * l; c < p.d; c += 4 * AUX_LANES) {
         float4 sum = *(const float4 *)(acc + c);
         for (int x = 1; x < dq_accum_slices(p); ++x) {
             const float4 part = *(const float4 *)(acc + x * p.dq_accum_split_stride + c);
@@ -139,6 +150,41 @@ fa_bwd_dq(const __grid_constant__ fa_attn_params p) {
                 if (c + k < p.d) dq[c + k] = fa_from_float(v[k]);
         }
     }
+}
+
+/* The walk of a key tile [n0, n0 + bn) of kv head hk: the query blocks of FA_BM rows that see
+ * some of its keys, for every query head of the GQA group (so dK/dV have one writer), head-major.
+ * Step it is head h0 + it / nblk, rows from (m_begin + it % nblk) FA_BM; total steps. */
+struct bwd_walk {
+    int h0, m_begin, nblk, total;
+};
+
+static __device__ __forceinline__ bwd_walk bwd_walk_of(const fa_attn_params &p, const fa_seq &s,
+                                                       int hk, int n0, int bn) {
+    /* Query rows that see some key of the tile: i in [j - diag0 - right, j - diag0 + left]. */
+    const int diag0 = s.seqlen_k - s.seqlen_q, n_last = min(n0 + bn, s.seqlen_k) - 1;
+    const int i_begin = p.window_right < 0 ? 0 : max(0, n0 - diag0 - p.window_right);
+    const int i_end = p.window_left < 0 ? s.seqlen_q
+                                        : min(s.seqlen_q, n_last - diag0 + p.window_left + 1);
+    const int group = p.nheads / p.nheads_k;
+    bwd_walk wk;
+    wk.h0 = hk * group;
+    wk.m_begin = i_begin / FA_BM;
+    wk.nblk = i_end > i_begin ? (i_end + FA_BM - 1) / FA_BM - wk.m_begin : 0;
+    wk.total = wk.nblk * group;
+    return wk;
+}
+
+/* Step it of a walk: its query head and first row. */
+struct walk_pos {
+    int h, m0;
+};
+
+static __device__ __forceinline__ walk_pos walk_at(const bwd_walk &wk, int it) {
+    walk_pos w;
+    w.h = wk.h0 + it / wk.nblk;
+    w.m0 = (wk.m_begin + it % wk.nblk) * FA_BM;
+    return w;
 }
 
 /* Is key tile [n0, n0 + bn) visible, whole, from every row of [m0, m_last]? Then no mask. */

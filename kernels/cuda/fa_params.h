@@ -83,4 +83,7 @@ typedef struct fa_attn_params {
     fa_i32 rotary_interleaved;
 } fa_attn_params;
 
+/* Query rows per 128-thread block of the backward's fa_bwd_pre and fa_bwd_dq (fa_bwd.cuh). */
+#define FA_BWD_AUX_ROWS 16
+
 #endif /* FA_PARAMS_H */

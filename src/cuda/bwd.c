@@ -138,26 +138,29 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
         fa_bwd_mma_defines(l.defines, sizeof l.defines, p->dtype, hd, hdv, p->dropout_p > 0.f, t);
     l.grid[1] = (unsigned)p->nheads;
     l.grid[2] = (unsigned)p->batch;
-    l.kernel = "fa_bwd_pre"; /* fa_bwd.cuh: FA_BWD_AUX_WARPS rows per block */
-    l.block = 32u * 4u;
-    l.grid[0] = ceil_div(p->max_seqlen_q, 4);
+    l.kernel = "fa_bwd_pre"; /* fa_bwd.cuh: FA_BWD_AUX_ROWS rows per block of 128 threads */
+    l.block = 128u;
+    l.grid[0] = ceil_div(p->max_seqlen_q, FA_BWD_AUX_ROWS);
     fa_status status = fa_cuda_launch(ctx, &l, params);
     if (status == FA_OK) {
-        l.kernel = wgmma ? "fa_bwd_wgmma" : "fa_bwd_mma";
-        l.block = wgmma ? 256u : 32u * (unsigned)t.nwarps;
-        l.grid[0] = wgmma                    ? ceil_div(p->max_seqlen_k, 128)
-                    : params->num_splits > 0 ? (unsigned)params->num_splits
-                                             : ceil_div(p->max_seqlen_k, 16 * t.nwarps);
-        l.grid[1] = (unsigned)p->nheads_k;
-        l.smem = wgmma ? fa_bwd_wgmma_smem(hd) : fa_bwd_mma_smem(hd, hdv, t);
-        status = fa_cuda_launch(ctx, &l, params);
+        fa_launch m = l;
+        m.kernel = wgmma ? "fa_bwd_wgmma" : "fa_bwd_mma";
+        m.block = wgmma ? 256u : 32u * (unsigned)t.nwarps;
+        m.grid[0] = params->num_splits > 0 ? (unsigned)params->num_splits
+                                           : ceil_div(p->max_seqlen_k, 16 * t.nwarps);
+        m.grid[1] = (unsigned)p->nheads_k;
+        m.smem = wgmma ? fa_bwd_wgmma_smem(hd) : fa_bwd_mma_smem(hd, hdv, t);
+        if (wgmma) { /* persistent: one CTA per SM over the (key tile, batch, kv head) items */
+            const int64_t items =
+                (int64_t)ceil_div(p->max_seqlen_k, 128) * p->batch * p->nheads_k;
+            const int sms = fa_cuda_state_of(ctx)->sm_count;
+            m.grid[0] = (unsigned)(items < sms ? items : sms);
+            m.grid[1] = m.grid[2] = 1;
+        }
+        status = fa_cuda_launch(ctx, &m, params);
     }
     if (status == FA_OK) {
-        l.kernel = "fa_bwd_dq";
-        l.block = 32u * 4u;
-        l.grid[0] = ceil_div(p->max_seqlen_q, 4);
-        l.grid[1] = (unsigned)p->nheads;
-        l.smem = 0;
+        l.kernel = "fa_bwd_dq"; /* the grid of fa_bwd_pre */
         status = fa_cuda_launch(ctx, &l, params);
     }
     return status;
