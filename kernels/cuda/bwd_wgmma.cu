@@ -143,8 +143,9 @@ static __device__ __forceinline__ void zero(float *acc, int n) {
 }
 
 /* A work item: key tile n0 of kv head hk of sequence b, and its walk (total 0: nothing to do
- * but write zero dK, dV; n0 past the sequence: nothing at all). The key tile is the slowest
- * index, so items run heaviest first under a causal mask (key tile 0 sees every query). */
+ * but write zero dK, dV; n0 past the sequence: nothing at all). The key tile is the fastest
+ * index: CTAs running at the same time share their heads' Q, dO rows in L2, and under a causal
+ * mask the long walks (low tiles) and short ones interleave. */
 struct bwd_item {
     int b, hk, n0;
     fa_seq s;
@@ -152,11 +153,11 @@ struct bwd_item {
 };
 
 static __device__ __forceinline__ bwd_item item_at(const fa_attn_params &p, int item) {
-    const int pairs = p.batch * p.nheads_k;
+    const int tiles = (p.seqlen_k + BN - 1) / BN, pair = item / tiles;
     bwd_item c;
-    c.n0 = item / pairs * BN;
-    c.b = item % pairs / p.nheads_k;
-    c.hk = item % p.nheads_k;
+    c.n0 = item % tiles * BN;
+    c.b = pair / p.nheads_k;
+    c.hk = pair % p.nheads_k;
     c.s = fa_seq_of(p, c.b);
     c.wk = bwd_walk_of(p, c.s, c.hk, c.n0, BN);
     if (c.n0 >= c.s.seqlen_k) c.wk.total = 0;
@@ -183,9 +184,9 @@ static __device__ __forceinline__ float2 load_item(const fa_attn_params &p, cons
     return load_lse_d(p, c.s, w);
 }
 
-/* grid min(items, SMs): a persistent CTA walks items blockIdx.x, + gridDim.x, ...; while it
- * computes an item's last query block, the next item's K, V and first block load into the other
- * buffers, so only the first item waits for its loads. block NTHREADS, dynamic smem
+/* grid: one CTA per item, or min(items, SMs) persistent CTAs that walk items blockIdx.x,
+ * + gridDim.x, ...; while one computes an item's last query block, the next item's K, V and
+ * first block load into the other buffers, so only its first item waits for its loads. block NTHREADS, dynamic smem
  * fa_bwd_wgmma_smem bytes: 2 x sK, 2 x sV (BN, FA_HD), 2 x sQ, 2 x sdO (FA_BM, FA_HD), sdS
  * (BN, FA_BM), all swizzled 16-bit; 2 x sL, 2 x sD (FA_BM) f32; 1024 bytes of alignment. */
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
