@@ -2,8 +2,8 @@
  * bwd_wgmma.cu — the sm_90a tensor-core backward: bwd_mma.cu's algorithm (FA2, gpu_kernels.md
  * §2) with every product a warpgroup MMA (wgmma).
  *
- * A work item is BN = 128 keys of one kv head, two warpgroups of 64 keys each; K, V stay in
- * shared memory and dK, dV in f32 registers. The CTA (persistent, one per SM) walks the query blocks of FA_BM rows that can see
+ * A CTA owns BN = 128 keys of one kv head, two warpgroups of 64 keys each; K, V stay in shared
+ * memory and dK, dV in f32 registers. The CTA walks the query blocks of FA_BM rows that can see
  * its keys, for every query head of the GQA group (dK/dV have one writer), and per block:
  *
  *   S^T  = K Q^T, dP^T = V dO^T        wgmma m64 x FA_BM, K/V and Q/dO in shared memory
@@ -142,205 +142,146 @@ static __device__ __forceinline__ void zero(float *acc, int n) {
     for (int i = 0; i < n; ++i) acc[i] = 0.f;
 }
 
-/* A work item: key tile n0 of kv head hk of sequence b, and its walk (total 0: nothing to do
- * but write zero dK, dV; n0 past the sequence: nothing at all). The key tile is the fastest
- * index: CTAs running at the same time share their heads' Q, dO rows in L2, and under a causal
- * mask the long walks (low tiles) and short ones interleave. */
-struct bwd_item {
-    int b, hk, n0;
-    fa_seq s;
-    bwd_walk wk;
-};
-
-static __device__ __forceinline__ bwd_item item_at(const fa_attn_params &p, int item) {
-    const int tiles = (p.seqlen_k + BN - 1) / BN, pair = item / tiles;
-    bwd_item c;
-    c.n0 = item % tiles * BN;
-    c.b = pair / p.nheads_k;
-    c.hk = pair % p.nheads_k;
-    c.s = fa_seq_of(p, c.b);
-    c.wk = bwd_walk_of(p, c.s, c.hk, c.n0, BN);
-    if (c.n0 >= c.s.seqlen_k) c.wk.total = 0;
-    return c;
-}
-
-static __device__ __forceinline__ int item_count(const fa_attn_params &p) {
-    return (p.seqlen_k + BN - 1) / BN * p.batch * p.nheads_k;
-}
-
-/* The item's K, V -> sK, sV and its first query block -> sQ, sdO (cp.async, one commit group);
- * returns that block's lse / D for load_lse_d's thread. */
-static __device__ __forceinline__ float2 load_item(const fa_attn_params &p, const bwd_item &c,
-                                                   unsigned sK, unsigned sV, unsigned sQ,
-                                                   unsigned sdO) {
-    const int r0 = threadIdx.x / CH, col = threadIdx.x % CH * 8;
-    const int lim = col < p.d ? c.s.seqlen_k - c.n0 - r0 : -0x40000000;
-    load_tile(sK, BN, (const fa_u16 *)p.k + fa_kv_offset(p, c.s, c.n0 + r0, c.hk, 0) + col,
-              p.k_row_stride, lim, p.k);
-    load_tile(sV, BN, (const fa_u16 *)p.v + fa_kv_offset(p, c.s, c.n0 + r0, c.hk, 1) + col,
-              p.v_row_stride, lim, p.v);
-    const walk_pos w = walk_at(c.wk, 0);
-    load_q_block(p, c.s, w, sQ, sdO); /* commits K, V and the block together */
-    return load_lse_d(p, c.s, w);
-}
-
-/* grid: one CTA per item, or min(items, SMs) persistent CTAs that walk items blockIdx.x,
- * + gridDim.x, ...; while one computes an item's last query block, the next item's K, V and
- * first block load into the other buffers, so only its first item waits for its loads. block NTHREADS, dynamic smem
- * fa_bwd_wgmma_smem bytes: 2 x sK, 2 x sV (BN, FA_HD), 2 x sQ, 2 x sdO (FA_BM, FA_HD), sdS
- * (BN, FA_BM), all swizzled 16-bit; 2 x sL, 2 x sD (FA_BM) f32; 1024 bytes of alignment. */
+/* grid (ceil(max s_k / BN), h_k, b), block NTHREADS, dynamic smem fa_bwd_wgmma_smem bytes:
+ * sK, sV (BN, FA_HD), 2 x sQ, 2 x sdO (FA_BM, FA_HD), sdS (BN, FA_BM), all swizzled 16-bit;
+ * 2 x sL, 2 x sD (FA_BM) f32; 1024 bytes of alignment. Block it uses buffers it & 1. */
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 fa_bwd_wgmma(const __grid_constant__ fa_attn_params p) {
     extern __shared__ __align__(1024) unsigned char smem[];
-    const unsigned sK0 = (fa_smem_addr(smem) + 1023u) & ~1023u; /* swizzle atoms: 1024-aligned */
-    const unsigned sV0 = sK0 + 2 * TILE_BYTES(BN), sQ0 = sV0 + 2 * TILE_BYTES(BN);
+    const unsigned sK = (fa_smem_addr(smem) + 1023u) & ~1023u; /* swizzle atoms: 1024-aligned */
+    const unsigned sV = sK + TILE_BYTES(BN), sQ0 = sV + TILE_BYTES(BN);
     const unsigned sdO0 = sQ0 + 2 * TILE_BYTES(FA_BM), sdS = sdO0 + 2 * TILE_BYTES(FA_BM);
-    float *sL0 = (float *)(smem + (sdS + BN * FA_BM * 2 - fa_smem_addr(smem)));
-    float *sD0 = sL0 + 2 * FA_BM;
-#define Q_AT(b) (sQ0 + (b) * TILE_BYTES(FA_BM))
-#define DO_AT(b) (sdO0 + (b) * TILE_BYTES(FA_BM))
-#define K_AT(b) (sK0 + (b) * TILE_BYTES(BN))
-#define V_AT(b) (sV0 + (b) * TILE_BYTES(BN))
+    float *sL0 = (float *)(smem + (sdS + BN * FA_BM * 2 - fa_smem_addr(smem))), *sD0 = sL0 + 2 * FA_BM;
 
+    const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * BN;
+    const fa_seq s = fa_seq_of(p, b);
+    if (n0 >= s.seqlen_k) return;
     const int warp = threadIdx.x >> 5, wg = warp >> 2;
     const int kw0 = 16 * warp; /* this warp's first key in the tile (warpgroup wg: 64 wg..) */
-    const int items = item_count(p);
-    int buf = 0, kvb = 0;  /* Q/dO/lse/D and K/V buffers in use */
-    bool ready = false;    /* this item's loads were issued by the previous one */
-    for (int item = blockIdx.x; item < items; item += gridDim.x) {
-        const bwd_item c = item_at(p, item);
-        if (c.n0 >= c.s.seqlen_k) continue;
-        const int total = c.wk.total;
+    const bwd_walk wk = bwd_walk_of(p, s, hk, n0, BN);
+    const int total = wk.total;
 
-        /* f32 accumulators (m16n8 fragments, this warp's 16 rows): dK, dV (keys x dims) live
-         * through the walk; S^T, dP^T (keys x queries) and dQ (queries x 64 dims) per block. */
-        float acc_dk[FA_HD / 8][4], acc_dv[FA_HD / 8][4];
-        float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4], acc_dq[8][4]; /* first written by _z */
-        zero(&acc_dk[0][0], FA_HD / 2);
-        zero(&acc_dv[0][0], FA_HD / 2);
-        if (total > 0 && !ready) {
-            __syncthreads(); /* every warp done with the buffers */
-            const float2 ld = load_item(p, c, K_AT(kvb), V_AT(kvb), Q_AT(buf), DO_AT(buf));
-            if (threadIdx.x < FA_BM)
-                sL0[buf * FA_BM + threadIdx.x] = ld.x, sD0[buf * FA_BM + threadIdx.x] = ld.y;
-        }
-        ready = false;
+    /* f32 accumulators (m16n8 fragments, this warp's 16 rows): dK, dV (keys x dims) live
+     * through the walk; S^T, dP^T (keys x queries) and dQ (queries x 64 dims) per block. */
+    float acc_dk[FA_HD / 8][4], acc_dv[FA_HD / 8][4];
+    float acc_s[FA_BM / 8][4], acc_dp[FA_BM / 8][4], acc_dq[8][4]; /* first written by _z */
+    zero(&acc_dk[0][0], FA_HD / 2);
+    zero(&acc_dv[0][0], FA_HD / 2);
 
-        /* K-major descriptors of this warpgroup's 64 keys step 32 bytes per k16 in an atom. */
-        const unsigned sK = K_AT(kvb), sKw = sK + 64 * wg * 128, sVw = V_AT(kvb) + 64 * wg * 128;
-        for (int it = 0; it < total; ++it, buf ^= 1) {
-            const walk_pos w = walk_at(c.wk, it);
-            const unsigned sQ = Q_AT(buf), sdO = DO_AT(buf);
-            const float *sL = sL0 + buf * FA_BM, *sD = sD0 + buf * FA_BM;
-            fa_cp_async_wait_all();
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            __syncthreads(); /* block it in shared memory; every warp done with block it - 1 */
-            float2 next_ld = make_float2(0.f, 0.f);
-            bool next = false; /* a block loads into buffers buf ^ 1 */
-            if (it + 1 < total) {
-                const walk_pos wn = walk_at(c.wk, it + 1);
-                load_q_block(p, c.s, wn, Q_AT(buf ^ 1), DO_AT(buf ^ 1));
-                next_ld = load_lse_d(p, c.s, wn);
-                next = true;
-            } else if (item + (int)gridDim.x < items) { /* the next item's loads */
-                const bwd_item cn = item_at(p, item + gridDim.x);
-                if (cn.wk.total > 0) {
-                    next_ld = load_item(p, cn, K_AT(kvb ^ 1), V_AT(kvb ^ 1), Q_AT(buf ^ 1),
-                                        DO_AT(buf ^ 1));
-                    next = ready = true;
-                }
-            }
-
-            /* S^T = K Q^T, dP^T = V dO^T: (64 keys, FA_BM queries) per warpgroup. */
-            wg_fence();
-            /* K-major k16 steps: 32 bytes inside a 64-column atom, then the next atom. */
-#define KSTEP(rows, kq) (((kq) >> 2) * (rows) * 128 + ((kq) & 3) * 32)
-            const unsigned long long dK = wg_desc_here(sKw, 16), dQ = wg_desc_here(sQ, 16);
-            wg_ss_sz(&acc_s[0][0], dK, dQ, 0);
-#pragma unroll
-            for (int kq = 1; kq < FA_HD / 16; ++kq)
-                wg_ss_s(&acc_s[0][0], wg_desc_at(dK, KSTEP(BN, kq)), wg_desc_at(dQ, KSTEP(FA_BM, kq)),
-                        1);
-            wg_commit();
-            const unsigned long long dV = wg_desc_here(sVw, 16), ddO = wg_desc_here(sdO, 16);
-            wg_ss_sz(&acc_dp[0][0], dV, ddO, 0);
-#pragma unroll
-            for (int kq = 1; kq < FA_HD / 16; ++kq)
-                wg_ss_s(&acc_dp[0][0], wg_desc_at(dV, KSTEP(BN, kq)),
-                        wg_desc_at(ddO, KSTEP(FA_BM, kq)), 1);
-#undef KSTEP
-            wg_commit();
-
-            /* P^T, dS^T: S^T is exponentiated while dP^T is still in the tensor cores. */
-            const int m_last = min(w.m0 + FA_BM, c.s.seqlen_q) - 1;
-            const bool full = bwd_tile_full(p, c.s, w.m0, m_last, c.n0, BN);
-            wg_wait(1);
-            wg_keep(&acc_s[0][0], FA_BM / 2);
-            bwd_p_plain(p, c.s, w.m0, c.n0 + kw0, full, acc_s, sL);
-            wg_wait(0);
-            wg_keep(&acc_dp[0][0], FA_BM / 2);
-            bwd_ds_plain(acc_s, acc_dp, sD);
-
-            /* P^T, dS^T as 16-bit A fragments; dS^T -> sdS for dQ = dS K. */
-            unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];
-            PACK_A(pa_p, acc_s);
-            PACK_A(pa_ds, acc_dp);
-            store_ds(sdS, kw0, pa_ds);
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-
-            /* dV += P^T dO, dK += dS^T Q: dO, Q (FA_BM queries, FA_HD) read MN-major. */
-            wg_keep(&acc_dv[0][0], FA_HD / 2);
-            wg_keep(&acc_dk[0][0], FA_HD / 2);
-            wg_fence();
-            const unsigned long long mdO = wg_desc_here(sdO, FA_BM * 128);
-#pragma unroll
-            for (int kk = 0; kk < FA_BM / 16; ++kk)
-                wg_rs_d(&acc_dv[0][0], pa_p[kk], wg_desc_at(mdO, kk * 2048), 1);
-            const unsigned long long mQ = wg_desc_here(sQ, FA_BM * 128);
-#pragma unroll
-            for (int kk = 0; kk < FA_BM / 16; ++kk)
-                wg_rs_d(&acc_dk[0][0], pa_ds[kk], wg_desc_at(mQ, kk * 2048), 1);
-            wg_commit();
-            __syncthreads(); /* every warp's dS^T in sdS */
-
-            /* dQ (64 x 64 per warpgroup) = dS K over the BN keys; dS^T and K read MN-major. */
-#if DQ_ROWS_SPLIT
-            const unsigned sA = sdS + wg * BN * 128, sB = sK;
-            const int dq_row0 = w.m0 + 64 * wg + 16 * (warp & 3), dq_dim0 = 0;
-#else
-            const unsigned sA = sdS, sB = sK + wg * BN * 128;
-            const int dq_row0 = w.m0 + 16 * (warp & 3), dq_dim0 = 64 * wg;
-#endif
-            const unsigned long long mA = wg_desc_here(sA, BN * 128), mB = wg_desc_here(sB, BN * 128);
-            wg_ss64_tz(&acc_dq[0][0], mA, mB, 0);
-#pragma unroll
-            for (int kk = 1; kk < BN / 16; ++kk)
-                wg_ss64_t(&acc_dq[0][0], wg_desc_at(mA, kk * 2048), wg_desc_at(mB, kk * 2048), 1);
-            wg_commit_wait();
-            wg_keep(&acc_dv[0][0], FA_HD / 2);
-            wg_keep(&acc_dk[0][0], FA_HD / 2);
-            wg_keep(&acc_dq[0][0], 32);
-            wg_keep_a(&pa_p[0][0], FA_BM / 4);
-            wg_keep_a(&pa_ds[0][0], FA_BM / 4);
-            dq_add(p, c.s, w.h, dq_row0, dq_dim0, acc_dq);
-            if (next && threadIdx.x < FA_BM) { /* buffer buf ^ 1 is free since the top */
-                sL0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.x;
-                sD0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.y;
-            }
-        }
-        if (ready) kvb ^= 1;
-
-        /* dK = acc_dk * scale, dV = acc_dv; keys past the sequence are not written. */
-        const int n_keys = c.s.seqlen_k - c.n0;
-        fa_u16 *dk = (fa_u16 *)p.dk + c.s.k_batch * p.dk_batch_stride +
-                     (c.s.k_row0 + c.n0) * p.dk_row_stride + (fa_i64)c.hk * p.dk_head_stride;
-        fa_u16 *dv = (fa_u16 *)p.dv + c.s.k_batch * p.dv_batch_stride +
-                     (c.s.k_row0 + c.n0) * p.dv_row_stride + (fa_i64)c.hk * p.dv_head_stride;
-        store_rows(dk, p.dk_row_stride, kw0, n_keys, p.d, acc_dk, p.scale);
-        store_rows(dv, p.dv_row_stride, kw0, n_keys, p.d_v, acc_dv, 1.f);
+    if (total > 0) {
+        const int r0 = threadIdx.x / CH, col = threadIdx.x % CH * 8;
+        const int lim = col < p.d ? s.seqlen_k - n0 - r0 : -0x40000000;
+        load_tile(sK, BN, (const fa_u16 *)p.k + fa_kv_offset(p, s, n0 + r0, hk, 0) + col,
+                  p.k_row_stride, lim, p.k);
+        load_tile(sV, BN, (const fa_u16 *)p.v + fa_kv_offset(p, s, n0 + r0, hk, 1) + col,
+                  p.v_row_stride, lim, p.v);
+        const walk_pos w = walk_at(wk, 0);
+        load_q_block(p, s, w, sQ0, sdO0); /* commits K, V and block 0 together */
+        const float2 ld = load_lse_d(p, s, w);
+        if (threadIdx.x < FA_BM) sL0[threadIdx.x] = ld.x, sD0[threadIdx.x] = ld.y;
     }
-#undef Q_AT
-#undef DO_AT
-#undef K_AT
-#undef V_AT
+
+    /* K-major descriptors of this warpgroup's 64 keys step 32 bytes per k16 in an atom. */
+    const unsigned sKw = sK + 64 * wg * 128, sVw = sV + 64 * wg * 128;
+    for (int it = 0, buf = 0; it < total; ++it, buf ^= 1) {
+        const walk_pos w = walk_at(wk, it);
+        const unsigned sQ = sQ0 + buf * TILE_BYTES(FA_BM), sdO = sdO0 + buf * TILE_BYTES(FA_BM);
+        const float *sL = sL0 + buf * FA_BM, *sD = sD0 + buf * FA_BM;
+        fa_cp_async_wait_all();
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncthreads(); /* block it in shared memory; every warp done with block it - 1 */
+        float2 next_ld = make_float2(0.f, 0.f);
+        if (it + 1 < total) {
+            const walk_pos wn = walk_at(wk, it + 1);
+            load_q_block(p, s, wn, sQ0 + (buf ^ 1) * TILE_BYTES(FA_BM),
+                         sdO0 + (buf ^ 1) * TILE_BYTES(FA_BM));
+            next_ld = load_lse_d(p, s, wn);
+        }
+
+        /* S^T = K Q^T, dP^T = V dO^T: (64 keys, FA_BM queries) per warpgroup. */
+        wg_fence();
+        /* K-major k16 steps: 32 bytes inside a 64-column atom, then the next atom. */
+#define KSTEP(rows, kq) (((kq) >> 2) * (rows) * 128 + ((kq) & 3) * 32)
+        const unsigned long long dK = wg_desc_here(sKw, 16), dQ = wg_desc_here(sQ, 16);
+        wg_ss_sz(&acc_s[0][0], dK, dQ, 0);
+#pragma unroll
+        for (int kq = 1; kq < FA_HD / 16; ++kq)
+            wg_ss_s(&acc_s[0][0], wg_desc_at(dK, KSTEP(BN, kq)), wg_desc_at(dQ, KSTEP(FA_BM, kq)),
+                    1);
+        wg_commit();
+        const unsigned long long dV = wg_desc_here(sVw, 16), ddO = wg_desc_here(sdO, 16);
+        wg_ss_sz(&acc_dp[0][0], dV, ddO, 0);
+#pragma unroll
+        for (int kq = 1; kq < FA_HD / 16; ++kq)
+            wg_ss_s(&acc_dp[0][0], wg_desc_at(dV, KSTEP(BN, kq)),
+                    wg_desc_at(ddO, KSTEP(FA_BM, kq)), 1);
+#undef KSTEP
+        wg_commit();
+
+        /* P^T, dS^T: S^T is exponentiated while dP^T is still in the tensor cores. */
+        const int m_last = min(w.m0 + FA_BM, s.seqlen_q) - 1;
+        const bool full = bwd_tile_full(p, s, w.m0, m_last, n0, BN);
+        wg_wait(1);
+        wg_keep(&acc_s[0][0], FA_BM / 2);
+        bwd_p_plain(p, s, w.m0, n0 + kw0, full, acc_s, sL);
+        wg_wait(0);
+        wg_keep(&acc_dp[0][0], FA_BM / 2);
+        bwd_ds_plain(acc_s, acc_dp, sD);
+
+        /* P^T, dS^T as 16-bit A fragments; dS^T -> sdS for dQ = dS K. */
+        unsigned pa_p[FA_BM / 16][4], pa_ds[FA_BM / 16][4];
+        PACK_A(pa_p, acc_s);
+        PACK_A(pa_ds, acc_dp);
+        store_ds(sdS, kw0, pa_ds);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+
+        /* dV += P^T dO, dK += dS^T Q: dO, Q (FA_BM queries, FA_HD) read MN-major. */
+        wg_keep(&acc_dv[0][0], FA_HD / 2);
+        wg_keep(&acc_dk[0][0], FA_HD / 2);
+        wg_fence();
+        const unsigned long long mdO = wg_desc_here(sdO, FA_BM * 128);
+#pragma unroll
+        for (int kk = 0; kk < FA_BM / 16; ++kk)
+            wg_rs_d(&acc_dv[0][0], pa_p[kk], wg_desc_at(mdO, kk * 2048), 1);
+        const unsigned long long mQ = wg_desc_here(sQ, FA_BM * 128);
+#pragma unroll
+        for (int kk = 0; kk < FA_BM / 16; ++kk)
+            wg_rs_d(&acc_dk[0][0], pa_ds[kk], wg_desc_at(mQ, kk * 2048), 1);
+        wg_commit();
+        __syncthreads(); /* every warp's dS^T in sdS */
+
+        /* dQ (64 x 64 per warpgroup) = dS K over the BN keys; dS^T and K read MN-major. */
+#if DQ_ROWS_SPLIT
+        const unsigned sA = sdS + wg * BN * 128, sB = sK;
+        const int dq_row0 = w.m0 + 64 * wg + 16 * (warp & 3), dq_dim0 = 0;
+#else
+        const unsigned sA = sdS, sB = sK + wg * BN * 128;
+        const int dq_row0 = w.m0 + 16 * (warp & 3), dq_dim0 = 64 * wg;
+#endif
+        const unsigned long long mA = wg_desc_here(sA, BN * 128), mB = wg_desc_here(sB, BN * 128);
+        wg_ss64_tz(&acc_dq[0][0], mA, mB, 0);
+#pragma unroll
+        for (int kk = 1; kk < BN / 16; ++kk)
+            wg_ss64_t(&acc_dq[0][0], wg_desc_at(mA, kk * 2048), wg_desc_at(mB, kk * 2048), 1);
+        wg_commit_wait();
+        wg_keep(&acc_dv[0][0], FA_HD / 2);
+        wg_keep(&acc_dk[0][0], FA_HD / 2);
+        wg_keep(&acc_dq[0][0], 32);
+        wg_keep_a(&pa_p[0][0], FA_BM / 4);
+        wg_keep_a(&pa_ds[0][0], FA_BM / 4);
+        dq_add(p, s, w.h, dq_row0, dq_dim0, acc_dq);
+        if (it + 1 < total && threadIdx.x < FA_BM) { /* buffer buf ^ 1 is free since the top */
+            sL0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.x;
+            sD0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.y;
+        }
+    }
+
+    /* dK = acc_dk * scale, dV = acc_dv; keys past the sequence are not written. */
+    const int n_keys = s.seqlen_k - n0;
+    fa_u16 *dk = (fa_u16 *)p.dk + s.k_batch * p.dk_batch_stride +
+                 (s.k_row0 + n0) * p.dk_row_stride + (fa_i64)hk * p.dk_head_stride;
+    fa_u16 *dv = (fa_u16 *)p.dv + s.k_batch * p.dv_batch_stride +
+                 (s.k_row0 + n0) * p.dv_row_stride + (fa_i64)hk * p.dv_head_stride;
+    store_rows(dk, p.dk_row_stride, kw0, n_keys, p.d, acc_dk, p.scale);
+    store_rows(dv, p.dv_row_stride, kw0, n_keys, p.d_v, acc_dv, 1.f);
 }

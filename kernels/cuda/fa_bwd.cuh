@@ -203,18 +203,28 @@ static __device__ __forceinline__ bool bwd_plain(const fa_attn_params &p, float 
 }
 
 /* Plain path, first half: acc_s = S^T -> P^T, masked unless full (it needs only S, so it can
- * run while dP^T is still being computed). Layout, sL and full as bwd_p_ds. */
+ * run while dP^T is still being computed). Layout, sL and full as bwd_p_ds. The mask is
+ * fa_visible as a range of block rows per key: rows [lo, hi] of key j0 + g (+ 8) see it. */
 static __device__ __forceinline__ void bwd_p_plain(const fa_attn_params &p, const fa_seq &s,
                                                    int m0, int j0, bool full, float (*acc_s)[4],
                                                    const float *sL) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int lo[2] = {-0x7fffffff, -0x7fffffff}, hi[2] = {0x7fffffff, 0x7fffffff};
+    if (!full)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int j = j0 + g + 8 * half, dj = j - (s.seqlen_k - s.seqlen_q) - m0;
+            if (p.window_right >= 0) lo[half] = dj - p.window_right;
+            if (p.window_left >= 0) hi[half] = dj + p.window_left;
+            if (j >= s.seqlen_k) hi[half] = -1;
+        }
 #pragma unroll
     for (int nt = 0; nt < FA_BM / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int r = nt * 8 + 2 * t + (e & 1);
             const float pr = fa_exp2(fmaf(acc_s[nt][e], p.scale_log2, -sL[r]));
-            acc_s[nt][e] = full || fa_visible(p, s, m0 + r, j0 + g + 8 * (e >> 1)) ? pr : 0.f;
+            acc_s[nt][e] = r >= lo[e >> 1] && r <= hi[e >> 1] ? pr : 0.f;
         }
 }
 

@@ -150,15 +150,7 @@ static fa_status bwd_mma(fa_context *ctx, const fa_problem *p, const fa_attn_par
                                            : ceil_div(p->max_seqlen_k, 16 * t.nwarps);
         m.grid[1] = (unsigned)p->nheads_k;
         m.smem = wgmma ? fa_bwd_wgmma_smem(hd) : fa_bwd_mma_smem(hd, hdv, t);
-        if (wgmma) { /* (key tile, batch, kv head) items: a CTA each, or persistent CTAs */
-            const int64_t items =
-                (int64_t)ceil_div(p->max_seqlen_k, 128) * p->batch * p->nheads_k;
-            const int sms = fa_cuda_state_of(ctx)->sm_count;
-            const char *env = getenv("FLASHATTN_CUDA_BWD_PERSIST"); /* tuning experiments */
-            const bool persist = !(env && strcmp(env, "0") == 0);
-            m.grid[0] = (unsigned)(persist && items > sms ? sms : items);
-            m.grid[1] = m.grid[2] = 1;
-        }
+        if (wgmma) m.grid[0] = ceil_div(p->max_seqlen_k, 128);
         status = fa_cuda_launch(ctx, &m, params);
     }
     if (status == FA_OK) {

@@ -201,11 +201,11 @@ void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
 /* bwd_wgmma.cu: FA3's tiles (gpu_kernels.md §2): 128 x 128 at d 64, 64 x 128 at d 128. */
 int fa_bwd_wgmma_bm(int hd) { return hd == 64 ? 128 : 64; }
 
-/* K, V (2 x 128 rows), Q and dO (2 x bm rows), dS (128 x bm), 16-bit; lse, D (2 x bm) f32;
- * 1024 bytes of alignment. */
+/* K, V (128 rows), Q and dO (2 x bm rows), dS (128 x bm), 16-bit; lse, D (2 x bm) f32; 1024
+ * bytes of alignment. */
 unsigned fa_bwd_wgmma_smem(int hd) {
     const int bm = fa_bwd_wgmma_bm(hd);
-    return (unsigned)(2 * (4 * 128 * hd + 4 * bm * hd + 128 * bm) + 4 * 4 * bm + 1024);
+    return (unsigned)(2 * (2 * 128 * hd + 4 * bm * hd + 128 * bm) + 4 * 4 * bm + 1024);
 }
 
 void fa_bwd_wgmma_defines(char *out, size_t size, int dtype, int hd) {
