@@ -12,20 +12,20 @@
  *   dQ_i += dS K                       dS^T through shared memory, read MN-major like K;
  *                                      f32 vector reductions into dq_accum (fa_bwd.cuh)
  *
- * dQ (FA_BM x FA_HD) is split between the warpgroups by columns at d 128 (FA_BM = 64: each
- * takes 64 dims) and by rows at d 64 with FA_BM = 128 (each takes 64 queries); at d 64 with
- * FA_BM = 64 warpgroup 0 computes it alone. Every case is an m64n64 product over the 128 keys. Q, dO (and lse, D) of the next block load while this one is
+ * dQ (FA_BM x FA_HD) is split between the warpgroups by columns when FA_BM = 64 (d 128: each
+ * takes 64 dims) and by rows when FA_BM = 128 (d 64: each takes 64 queries): every case is an
+ * m64n64 product over the 128 keys. Q, dO (and lse, D) of the next block load while this one is
  * computed, into the other of two buffers. Two barriers per block: one publishes the block's
  * tiles (and frees the other buffer), one publishes dS^T.
  *
- * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD (64 or 128; d = d_v rounds to it), FA_BM (128 or 64
- * at d 64, 64 at d 128). Plain scores only (no softcap, ALiBi or dropout: their score code costs
+ * Macros: FA_DTYPE (1 f16, 2 bf16), FA_HD (64 or 128; d = d_v rounds to it), FA_BM (128 for
+ * d 64, 64 for d 128). Plain scores only (no softcap, ALiBi or dropout: their score code costs
  * registers this kernel does not have, and ptxas minutes) and p.vec_io (16-byte aligned rows,
  * d % 8 == 0): src/cuda/bwd.c sends everything else to bwd_mma.cu. fa_bwd_pre and fa_bwd_dq
  * (fa_bwd.cuh) run before and after it.
  */
-#if !((FA_HD == 64 && (FA_BM == 128 || FA_BM == 64)) || (FA_HD == 128 && FA_BM == 64))
-#error "bwd_wgmma.cu: (FA_HD, FA_BM) must be (64, 128), (64, 64) or (128, 64)"
+#if !((FA_HD == 64 && FA_BM == 128) || (FA_HD == 128 && FA_BM == 64))
+#error "bwd_wgmma.cu: (FA_HD, FA_BM) must be (64, 128) or (128, 64)"
 #endif
 #define BN 128
 #define NTHREADS 256
@@ -45,6 +45,7 @@
 #else
 #define wg_rs_d wg_rs128
 #endif
+#define DQ_ROWS_SPLIT (FA_BM == 128) /* dQ split by rows (else by columns) */
 
 /* Q, dO rows [m0, m0 + FA_BM) of head h -> sQ, sdO (cp.async, committed, not waited). */
 static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, const fa_seq &s,
@@ -250,35 +251,25 @@ fa_bwd_wgmma(const __grid_constant__ fa_attn_params p) {
         __syncthreads(); /* every warp's dS^T in sdS */
 
         /* dQ (64 x 64 per warpgroup) = dS K over the BN keys; dS^T and K read MN-major. */
-#if FA_BM == 128 /* d 64: by rows */
+#if DQ_ROWS_SPLIT
         const unsigned sA = sdS + wg * BN * 128, sB = sK;
         const int dq_row0 = w.m0 + 64 * wg + 16 * (warp & 3), dq_dim0 = 0;
-        const bool dq_mine = true;
-#elif FA_HD == 128 /* by columns */
+#else
         const unsigned sA = sdS, sB = sK + wg * BN * 128;
         const int dq_row0 = w.m0 + 16 * (warp & 3), dq_dim0 = 64 * wg;
-        const bool dq_mine = true;
-#else /* 64 x 64: warpgroup 0 alone */
-        const unsigned sA = sdS, sB = sK;
-        const int dq_row0 = w.m0 + 16 * (warp & 3), dq_dim0 = 0;
-        const bool dq_mine = wg == 0;
 #endif
-        if (dq_mine) {
-            const unsigned long long mA = wg_desc_here(sA, BN * 128);
-            const unsigned long long mB = wg_desc_here(sB, BN * 128);
-            wg_ss64_tz(&acc_dq[0][0], mA, mB, 0);
+        const unsigned long long mA = wg_desc_here(sA, BN * 128), mB = wg_desc_here(sB, BN * 128);
+        wg_ss64_tz(&acc_dq[0][0], mA, mB, 0);
 #pragma unroll
-            for (int kk = 1; kk < BN / 16; ++kk)
-                wg_ss64_t(&acc_dq[0][0], wg_desc_at(mA, kk * 2048), wg_desc_at(mB, kk * 2048),
-                          1);
-        }
+        for (int kk = 1; kk < BN / 16; ++kk)
+            wg_ss64_t(&acc_dq[0][0], wg_desc_at(mA, kk * 2048), wg_desc_at(mB, kk * 2048), 1);
         wg_commit_wait();
         wg_keep(&acc_dv[0][0], FA_HD / 2);
         wg_keep(&acc_dk[0][0], FA_HD / 2);
         wg_keep(&acc_dq[0][0], 32);
         wg_keep_a(&pa_p[0][0], FA_BM / 4);
         wg_keep_a(&pa_ds[0][0], FA_BM / 4);
-        if (dq_mine) dq_add(p, s, w.h, dq_row0, dq_dim0, acc_dq);
+        dq_add(p, s, w.h, dq_row0, dq_dim0, acc_dq);
         if (it + 1 < total && threadIdx.x < FA_BM) { /* buffer buf ^ 1 is free since the top */
             sL0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.x;
             sD0[(buf ^ 1) * FA_BM + threadIdx.x] = next_ld.y;

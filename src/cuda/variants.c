@@ -198,12 +198,8 @@ void fa_bwd_mma_defines(char *out, size_t size, int dtype, int hd, int hdv, bool
              "-DFA_DROPOUT=%d", dtype, hd, hdv, t.bm, t.nwarps, dropout ? 1 : 0);
 }
 
-/* bwd_wgmma.cu: FA3's tiles (gpu_kernels.md §2): 128 x 128 at d 64, 64 x 128 at d 128.
- * FLASHATTN_CUDA_BWD_BM64=64 gives d 64 query blocks of 64 (tuning experiments only). */
-int fa_bwd_wgmma_bm(int hd) {
-    const char *env = getenv("FLASHATTN_CUDA_BWD_BM64");
-    return hd == 64 && !(env && strcmp(env, "64") == 0) ? 128 : 64;
-}
+/* bwd_wgmma.cu: FA3's tiles (gpu_kernels.md §2): 128 x 128 at d 64, 64 x 128 at d 128. */
+int fa_bwd_wgmma_bm(int hd) { return hd == 64 ? 128 : 64; }
 
 /* K, V (128 rows), Q and dO (2 x bm rows), dS (128 x bm), 16-bit; lse, D (2 x bm) f32; 1024
  * bytes of alignment. */
