@@ -101,7 +101,8 @@ typedef struct fa_options {
     uint64_t rng_seed;    /* dropout: counter-based RNG, same (seed, offset) = same mask */
     uint64_t rng_offset;
     bool deterministic;   /* backward: bit-reproducible dq accumulation */
-    int32_t num_splits;   /* split-KV: 0 = heuristic, 1 = no split, n > 1 forces n (<= 128) */
+    int32_t num_splits;   /* split-KV, and the dQ slices of a deterministic cuda backward:
+                           * 0 = heuristic, 1 = no split, n > 1 forces n (<= 128) */
     bool rotary_interleaved; /* kvcache rotary: true pairs (0,1),(2,3)..; false GPT-NeoX halves */
 } fa_options;
 
