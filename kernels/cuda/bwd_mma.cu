@@ -108,15 +108,6 @@ static __device__ __forceinline__ void load_q_block(const fa_attn_params &p, con
         }                                                                                          \
     }
 
-/* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
-#define PACK_A(pa, c)                                                                              \
-    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
-        pa[kk][0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                          \
-        pa[kk][1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                          \
-        pa[kk][2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                  \
-        pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
-    }
-
 /* acc_dq (16 query rows from mrow x DQ_WIDTH dims from dim0, C layout) = dS K over the BN keys:
  * A = dS by ldmatrix.trans of sdS (dS^T, keys x queries), B = K (keys x dims, ldmatrix.trans). */
 static __device__ __forceinline__ void dq_mma(float (*acc_dq)[4], const fa_u16 *sdS,

@@ -72,15 +72,6 @@ static __device__ __forceinline__ float2 load_lse_d(const fa_attn_params &p, con
     return r;
 }
 
-/* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
-#define PACK_A(pa, c)                                                                              \
-    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
-        pa[kk][0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                          \
-        pa[kk][1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                          \
-        pa[kk][2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                  \
-        pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
-    }
-
 /* The warp's dS^T fragments (keys kw0 + g (+ 8), queries 16 kk + 2t (+ 1) (+ 8)) -> sdS, a
  * (BN keys, FA_BM queries) tile in the swizzled layout (one 4-byte store per pair). */
 static __device__ __forceinline__ void store_ds(unsigned sdS, int kw0, const unsigned (*pa)[4]) {

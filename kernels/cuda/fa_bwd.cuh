@@ -287,4 +287,13 @@ static __device__ __forceinline__ void bwd_p_ds(const fa_attn_params &p, const f
         }
 }
 
+/* C tiles c[2kk], c[2kk + 1] (16 x 16, f32) -> the A fragment pa[kk] (16-bit pairs). */
+#define PACK_A(pa, c)                                                                              \
+    _Pragma("unroll") for (int kk = 0; kk < FA_BM / 16; ++kk) {                                    \
+        pa[kk][0] = fa_pack2(c[2 * kk][0], c[2 * kk][1]);                                          \
+        pa[kk][1] = fa_pack2(c[2 * kk][2], c[2 * kk][3]);                                          \
+        pa[kk][2] = fa_pack2(c[2 * kk + 1][0], c[2 * kk + 1][1]);                                  \
+        pa[kk][3] = fa_pack2(c[2 * kk + 1][2], c[2 * kk + 1][3]);                                  \
+    }
+
 #endif /* FA_BWD_CUH */
